@@ -56,8 +56,13 @@ typedef struct pv_backend {
   pv_status (*copy_h2d)(void *ctx, void *dst, const void *src, int64_t bytes);
   pv_status (*copy_d2h)(void *ctx, void *dst, const void *src, int64_t bytes);
 
-  /* Ops. */
+  /* Ops. A NULL op is one the backend does not offer; the core then
+   * returns PV_ERR_UNSUPPORTED. New ops are appended at the end. */
   pv_status (*loss)(void *ctx, const pv_loss_args *args);
+
+  /* -- views: augmentation -- */
+
+  /* -- encoder ops -- */
 } pv_backend;
 
 /* The CPU backend's table (backend_cpu.cc). */

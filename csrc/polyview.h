@@ -151,6 +151,10 @@ const char *pv_objective_name(pv_objective obj);
 pv_status pv_loss(pv_device *dev, pv_objective obj, double tau,
                   const pv_tensor *h, pv_tensor *grad, double *loss);
 
+/* ---- views: augmentation (csrc/augment*.cc) ---------------------------- */
+
+/* ---- encoder ops: layers and optimizers (csrc/nn*.cc) ------------------ */
+
 #ifdef __cplusplus
 }
 #endif
