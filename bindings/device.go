@@ -184,3 +184,24 @@ func SetCPUThreads(n int) error {
 
 // CPUThreads is the number of threads one CPU op uses.
 func CPUThreads() int { return int(C.pv_cpu_threads()) }
+
+// SetProfiling starts (true) or stops a profiler's capture on the device:
+// cudaProfilerStart/Stop on a GPU, nothing on the CPU.
+func (d *Device) SetProfiling(on bool) error {
+	v := C.int(0)
+	if on {
+		v = 1
+	}
+	return call("profiler", func() C.pv_status { return C.pv_profiler_set(d.ptr, v) })
+}
+
+// Range opens a named range on the profiler's timeline (NVTX on a GPU)
+// and returns the function that closes it: defer dev.Range("forward")().
+func (d *Device) Range(name string) func() {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	if C.pv_range_push(d.ptr, cname) != C.PV_OK {
+		return func() {}
+	}
+	return func() { C.pv_range_pop(d.ptr) }
+}

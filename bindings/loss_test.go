@@ -397,3 +397,25 @@ func TestParseObjective(t *testing.T) {
 		t.Errorf("unknown name: %v", err)
 	}
 }
+
+func TestReshape(t *testing.T) {
+	dev := cpuDevice(t)
+	x, err := dev.FromFloat32([]float32{1, 2, 3, 4, 5, 6}, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	if err := x.Reshape(3, 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := x.Shape(); len(got) != 3 || got[0] != 3 || got[2] != 2 {
+		t.Errorf("shape %v", got)
+	}
+	v, _ := x.Float32()
+	if v[5] != 6 {
+		t.Errorf("data changed: %v", v)
+	}
+	if err := x.Reshape(4, 2); err == nil || !strings.Contains(err.Error(), "6 elements") {
+		t.Errorf("bad reshape: %v", err)
+	}
+}

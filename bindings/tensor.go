@@ -137,6 +137,27 @@ func (t *Tensor) Numel() int {
 	return n
 }
 
+// Reshape gives the tensor a new shape with the same number of elements,
+// in place; the row-major data is untouched.
+func (t *Tensor) Reshape(shape ...int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ptr == nil {
+		return fmt.Errorf("reshape: tensor is closed")
+	}
+	cshape := make([]C.int64_t, len(shape)+1)
+	for i, s := range shape {
+		cshape[i] = C.int64_t(s)
+	}
+	err := call(fmt.Sprintf("reshape %v to %v", t.shape, shape), func() C.pv_status {
+		return C.pv_tensor_reshape(t.ptr, C.int(len(shape)), &cshape[0])
+	})
+	if err == nil {
+		t.shape = append([]int(nil), shape...)
+	}
+	return err
+}
+
 // Bytes is the size of the tensor's memory.
 func (t *Tensor) Bytes() int { return t.Numel() * t.dtype.Size() }
 

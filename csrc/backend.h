@@ -37,6 +37,85 @@ typedef struct pv_loss_args {
   double *loss;       /* host memory */
 } pv_loss_args;
 
+/* Arguments of the encoder ops (csrc/nn.cc fills them after checking
+ * shapes and dtypes). act_dtype is the activations', param_dtype the
+ * parameters'. A NULL output pointer means "skip". */
+typedef struct pv_conv2d_args {
+  int64_t n, h, w, c;  /* x [n, h, w, c] */
+  int64_t k, r, s;     /* w [k, r, s, c] */
+  int64_t p, q;        /* y [n, p, q, k] */
+  int64_t stride, pad;
+  pv_dtype act_dtype, param_dtype;
+  const void *x_ptr, *w_ptr;
+  void *y_ptr;         /* forward */
+  const void *dy_ptr;  /* backward */
+  void *dx_ptr, *dw_ptr;
+} pv_conv2d_args;
+
+typedef struct pv_batchnorm_args {
+  int64_t rows, c;  /* x viewed as [rows, c] */
+  int training;
+  double momentum, eps;
+  pv_dtype act_dtype, param_dtype;
+  const void *x_ptr, *gamma_ptr, *beta_ptr;
+  void *running_mean_ptr, *running_var_ptr;
+  void *save_mean_ptr, *save_invstd_ptr;  /* written by forward, read by backward */
+  void *y_ptr;
+  const void *dy_ptr;
+  void *dx_ptr, *dgamma_ptr, *dbeta_ptr;
+} pv_batchnorm_args;
+
+typedef struct pv_pool_args {
+  int64_t n, h, w, c;  /* x [n, h, w, c] */
+  int64_t p, q;        /* y [n, p, q, c]; 1 x 1 for the global average */
+  int64_t kernel, stride, pad;
+  pv_dtype dtype;
+  const void *x_ptr, *y_ptr, *dy_ptr;
+  void *out_ptr;       /* y for forward, dx for backward */
+} pv_pool_args;
+
+typedef struct pv_eltwise_args {
+  int64_t numel;
+  pv_dtype dtype;
+  const void *a_ptr, *b_ptr;  /* relu: a = x (forward) or y (backward), b = dy */
+  void *out_ptr;
+} pv_eltwise_args;
+
+typedef struct pv_linear_args {
+  int64_t rows, in, out;  /* x [rows, in], w [out, in], y [rows, out] */
+  pv_dtype act_dtype, param_dtype;
+  const void *x_ptr, *w_ptr, *b_ptr;  /* b_ptr may be NULL */
+  void *y_ptr;
+  const void *dy_ptr;
+  void *dx_ptr, *dw_ptr, *db_ptr;
+} pv_linear_args;
+
+typedef struct pv_optim_args {
+  pv_optim_desc desc;
+  int64_t numel;
+  pv_dtype dtype;
+  void *param_ptr;
+  const void *grad_ptr;
+  void *state0_ptr, *state1_ptr;  /* state1_ptr NULL except AdamW */
+} pv_optim_args;
+
+/* Arguments of one augmentation call (augment.cc fills them after checking
+ * every field). recipes have blur_kernel resolved (never 0) and log_ratio
+ * holds ln(ratio_min), ln(ratio_max) per view, computed once on the host so
+ * that both backends sample crops from identical numbers. */
+typedef struct pv_augment_args {
+  int64_t n;                      /* images */
+  const uint8_t *pixels_ptr;      /* device memory, packed HWC images */
+  const int64_t *offset, *height, *width, *channels, *index; /* host, n each */
+  const pv_view_recipe *recipes;  /* host, views entries */
+  const double *log_ratio;        /* host, 2 * views entries */
+  int64_t first_view, views;
+  uint64_t seed, epoch;
+  int64_t out_h, out_w;
+  void *out_ptr;                  /* device memory [n, views, out_h, out_w, 3] */
+  pv_dtype out_dtype;             /* F32 or BF16 */
+} pv_augment_args;
+
 typedef struct pv_backend {
   int abi_version;   /* PV_ABI_VERSION of the code that filled the table */
   const char *name;  /* "cpu" or "cuda" */
@@ -49,6 +128,10 @@ typedef struct pv_backend {
   pv_status (*synchronize)(void *ctx);
   pv_status (*memory)(void *ctx, int64_t *in_use, int64_t *peak);
   pv_status (*reset_peak)(void *ctx);
+  /* Profiling: NULL where the backend has none. */
+  pv_status (*profiler_set)(void *ctx, int on);
+  pv_status (*range_push)(void *ctx, const char *name);
+  pv_status (*range_pop)(void *ctx);
 
   /* Memory. */
   pv_status (*alloc)(void *ctx, int64_t bytes, void **ptr);
@@ -61,8 +144,23 @@ typedef struct pv_backend {
   pv_status (*loss)(void *ctx, const pv_loss_args *args);
 
   /* -- views: augmentation -- */
+  pv_status (*augment)(void *ctx, const pv_augment_args *args);
 
   /* -- encoder ops -- */
+  pv_status (*conv2d_forward)(void *ctx, const pv_conv2d_args *args);
+  pv_status (*conv2d_backward)(void *ctx, const pv_conv2d_args *args);
+  pv_status (*batchnorm_forward)(void *ctx, const pv_batchnorm_args *args);
+  pv_status (*batchnorm_backward)(void *ctx, const pv_batchnorm_args *args);
+  pv_status (*relu_forward)(void *ctx, const pv_eltwise_args *args);
+  pv_status (*relu_backward)(void *ctx, const pv_eltwise_args *args);
+  pv_status (*maxpool_forward)(void *ctx, const pv_pool_args *args);
+  pv_status (*maxpool_backward)(void *ctx, const pv_pool_args *args);
+  pv_status (*avgpool_forward)(void *ctx, const pv_pool_args *args);
+  pv_status (*avgpool_backward)(void *ctx, const pv_pool_args *args);
+  pv_status (*add)(void *ctx, const pv_eltwise_args *args);
+  pv_status (*linear_forward)(void *ctx, const pv_linear_args *args);
+  pv_status (*linear_backward)(void *ctx, const pv_linear_args *args);
+  pv_status (*optimizer_step)(void *ctx, const pv_optim_args *args);
 } pv_backend;
 
 /* The CPU backend's table (backend_cpu.cc). */

@@ -73,6 +73,21 @@ pv_backend make_table() {
   t.copy_h2d = cpu_copy;
   t.copy_d2h = cpu_copy;
   t.loss = cpu_loss;
+  t.augment = cpu_augment;
+  t.conv2d_forward = cpu_conv2d_forward;
+  t.conv2d_backward = cpu_conv2d_backward;
+  t.batchnorm_forward = cpu_batchnorm_forward;
+  t.batchnorm_backward = cpu_batchnorm_backward;
+  t.relu_forward = cpu_relu_forward;
+  t.relu_backward = cpu_relu_backward;
+  t.maxpool_forward = cpu_maxpool_forward;
+  t.maxpool_backward = cpu_maxpool_backward;
+  t.avgpool_forward = cpu_avgpool_forward;
+  t.avgpool_backward = cpu_avgpool_backward;
+  t.add = cpu_add;
+  t.linear_forward = cpu_linear_forward;
+  t.linear_backward = cpu_linear_backward;
+  t.optimizer_step = cpu_optimizer_step;
   return t;
 }
 

@@ -213,6 +213,21 @@ pv_status pv_device_synchronize(pv_device *dev) {
   return dev->backend->synchronize(dev->ctx);
 }
 
+pv_status pv_profiler_set(pv_device *dev, int on) {
+  if (!dev) return pv::fail(PV_ERR_INVALID_ARGUMENT, "pv_profiler_set: dev is NULL");
+  return dev->backend->profiler_set ? dev->backend->profiler_set(dev->ctx, on) : PV_OK;
+}
+
+pv_status pv_range_push(pv_device *dev, const char *name) {
+  if (!dev || !name) return pv::fail(PV_ERR_INVALID_ARGUMENT, "pv_range_push: NULL argument");
+  return dev->backend->range_push ? dev->backend->range_push(dev->ctx, name) : PV_OK;
+}
+
+pv_status pv_range_pop(pv_device *dev) {
+  if (!dev) return pv::fail(PV_ERR_INVALID_ARGUMENT, "pv_range_pop: dev is NULL");
+  return dev->backend->range_pop ? dev->backend->range_pop(dev->ctx) : PV_OK;
+}
+
 pv_status pv_device_memory(pv_device *dev, int64_t *in_use, int64_t *peak) {
   if (!dev || !in_use || !peak)
     return pv::fail(PV_ERR_INVALID_ARGUMENT, "pv_device_memory: NULL argument");
@@ -279,6 +294,26 @@ int64_t pv_tensor_dim(const pv_tensor *t, int axis) {
 int64_t pv_tensor_numel(const pv_tensor *t) { return t->numel; }
 int64_t pv_tensor_bytes(const pv_tensor *t) { return t->numel * pv::dtype_size(t->dtype); }
 pv_device *pv_tensor_device(const pv_tensor *t) { return t->dev; }
+
+pv_status pv_tensor_reshape(pv_tensor *t, int ndim, const int64_t *shape) {
+  if (!t || (ndim > 0 && !shape))
+    return pv::fail(PV_ERR_INVALID_ARGUMENT, "pv_tensor_reshape: NULL argument");
+  if (ndim < 0 || ndim > PV_MAX_DIMS)
+    return pv::fail(PV_ERR_INVALID_ARGUMENT, "reshape: ndim %d outside [0, %d]", ndim,
+                    PV_MAX_DIMS);
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0 || (shape[i] > 0 && numel > INT64_MAX / shape[i]))
+      return pv::fail(PV_ERR_INVALID_ARGUMENT, "reshape: bad dimension %d", i);
+    numel *= shape[i];
+  }
+  if (numel != t->numel)
+    return pv::fail(PV_ERR_INVALID_ARGUMENT, "reshape: %lld elements into a shape of %lld",
+                    (long long)t->numel, (long long)numel);
+  t->ndim = ndim;
+  for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+  return PV_OK;
+}
 
 pv_status pv_tensor_write(pv_tensor *t, const void *src, int64_t bytes) {
   if (!t || (!src && bytes > 0))

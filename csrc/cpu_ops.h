@@ -33,6 +33,25 @@ const char *cpu_simd_name();
 // The poly-view loss on the CPU (loss_cpu.cc).
 pv_status cpu_loss(void *ctx, const pv_loss_args *args);
 
+// The views of a batch on the CPU (augment_cpu.cc).
+pv_status cpu_augment(void *ctx, const pv_augment_args *args);
+
+// The encoder's layers (nn_cpu.cc) and optimizer step (nn_optim_cpu.cc).
+pv_status cpu_conv2d_forward(void *ctx, const pv_conv2d_args *args);
+pv_status cpu_conv2d_backward(void *ctx, const pv_conv2d_args *args);
+pv_status cpu_batchnorm_forward(void *ctx, const pv_batchnorm_args *args);
+pv_status cpu_batchnorm_backward(void *ctx, const pv_batchnorm_args *args);
+pv_status cpu_relu_forward(void *ctx, const pv_eltwise_args *args);
+pv_status cpu_relu_backward(void *ctx, const pv_eltwise_args *args);
+pv_status cpu_maxpool_forward(void *ctx, const pv_pool_args *args);
+pv_status cpu_maxpool_backward(void *ctx, const pv_pool_args *args);
+pv_status cpu_avgpool_forward(void *ctx, const pv_pool_args *args);
+pv_status cpu_avgpool_backward(void *ctx, const pv_pool_args *args);
+pv_status cpu_add(void *ctx, const pv_eltwise_args *args);
+pv_status cpu_linear_forward(void *ctx, const pv_linear_args *args);
+pv_status cpu_linear_backward(void *ctx, const pv_linear_args *args);
+pv_status cpu_optimizer_step(void *ctx, const pv_optim_args *args);
+
 }  // namespace pv
 
 #endif  // POLYVIEW_CPU_OPS_H

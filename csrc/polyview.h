@@ -93,6 +93,16 @@ pv_device_kind pv_device_get_kind(const pv_device *dev);
 /* Waits for all work queued on the device. */
 pv_status pv_device_synchronize(pv_device *dev);
 
+/* Starts (on = 1) or stops (on = 0) a profiler's capture: on the GPU
+ * cudaProfilerStart/Stop, for Nsight's --capture-range=cudaProfilerApi.
+ * The CPU has no capture: a no-op. */
+pv_status pv_profiler_set(pv_device *dev, int on);
+
+/* Opens and closes a named range for a profiler's timeline (NVTX on the
+ * GPU; a no-op on the CPU). Ranges nest. */
+pv_status pv_range_push(pv_device *dev, const char *name);
+pv_status pv_range_pop(pv_device *dev);
+
 /* Threads the CPU backend uses for one op (0 = all hardware threads). */
 pv_status pv_cpu_set_threads(int n);
 int pv_cpu_threads(void);
@@ -117,6 +127,10 @@ int64_t pv_tensor_dim(const pv_tensor *t, int axis);
 int64_t pv_tensor_numel(const pv_tensor *t);
 int64_t pv_tensor_bytes(const pv_tensor *t);
 pv_device *pv_tensor_device(const pv_tensor *t);
+
+/* Gives the tensor a new shape with the same number of elements; the data
+ * (row-major) is untouched. */
+pv_status pv_tensor_reshape(pv_tensor *t, int ndim, const int64_t *shape);
 
 /* Copies bytes between host memory and the tensor; bytes must equal
  * pv_tensor_bytes(t). */
@@ -153,7 +167,253 @@ pv_status pv_loss(pv_device *dev, pv_objective obj, double tau,
 
 /* ---- views: augmentation (csrc/augment*.cc) ---------------------------- */
 
+/*
+ * How one view is drawn from an image: the SimCLR / BYOL family of
+ * augmentations, each as torchvision.transforms.v2 defines it on float
+ * images in [0, 1], applied in this order:
+ *   1. random resized crop: area fraction in [scale_min, scale_max], aspect
+ *      (width / height) log-uniform in [ratio_min, ratio_max], 10 tries then
+ *      the central crop; resized to out_h x out_w by bilinear interpolation
+ *      (half-pixel centres, no antialiasing); scale_min = 1 takes the
+ *      whole image;
+ *   2. horizontal flip with probability flip_p;
+ *   3. with probability jitter_p, colour jitter: brightness, contrast,
+ *      saturation and hue in a random order, factors uniform in
+ *      [max(0, 1 - x), 1 + x] (hue: a shift uniform in [-hue, hue] turns);
+ *      an op whose strength is 0 is skipped;
+ *   4. grayscale (0.2989 R + 0.587 G + 0.114 B) with probability gray_p;
+ *   5. Gaussian blur with probability blur_p: sigma uniform in
+ *      [blur_sigma_min, blur_sigma_max] output pixels, blur_kernel taps per
+ *      axis (odd; 0 picks 10% of the smaller output side, made odd, at
+ *      least 3), reflected at the borders;
+ *   6. solarisation with probability solarize_p: x >= solarize_threshold
+ *      becomes 1 - x;
+ *   7. normalisation per channel: (x - mean) / std.
+ */
+typedef struct pv_view_recipe {
+  int64_t out_h, out_w;                  /* output size in pixels, [1, 4096] */
+  double scale_min, scale_max;           /* crop area / image area, in (0, 1] */
+  double ratio_min, ratio_max;           /* crop width / height, > 0 */
+  double flip_p;                         /* probabilities are in [0, 1] */
+  double jitter_p;
+  double brightness, contrast, saturation; /* >= 0 */
+  double hue;                            /* in [0, 0.5] */
+  double gray_p;
+  double blur_p;
+  double blur_sigma_min, blur_sigma_max; /* > 0 */
+  int64_t blur_kernel;                   /* odd, <= 255, or 0 (automatic) */
+  double solarize_p;
+  double solarize_threshold;             /* in [0, 1] */
+  double mean[3], std[3];                /* RGB; std > 0 */
+} pv_view_recipe;
+
+/* N images, each of its own size, packed in one uint8 tensor on the
+ * device. Image i is height[i] x width[i] x channels[i] bytes (HWC, row
+ * major) from byte offset[i] of pixels; channels is 1 (gray, used as R = G
+ * = B) or 3 (RGB). index[i] is the image's global index in its dataset,
+ * which keys the generator; NULL means 0 .. n-1. The int64 arrays are host
+ * memory and are read during the call only. */
+typedef struct pv_image_batch {
+  int64_t n;
+  const pv_tensor *pixels;
+  const int64_t *offset, *height, *width, *channels;
+  const int64_t *index;
+} pv_image_batch;
+
+/* Jitter ops, as they appear in pv_view_params.order. */
+typedef enum pv_jitter_op {
+  PV_JITTER_BRIGHTNESS = 0,
+  PV_JITTER_CONTRAST = 1,
+  PV_JITTER_SATURATION = 2,
+  PV_JITTER_HUE = 3
+} pv_jitter_op;
+
+/* The parameters drawn for one view: what pv_augment applies. */
+typedef struct pv_view_params {
+  int64_t crop_y, crop_x, crop_h, crop_w; /* in source pixels */
+  int32_t flip, gray, blur, solarize;     /* 1 when the op is applied */
+  int32_t jitter_ops;                     /* ops applied, 0 when no jitter */
+  int32_t order[4];                       /* order[0 .. jitter_ops): pv_jitter_op */
+  float brightness, contrast, saturation; /* factors; 1 when not applied */
+  float hue;                              /* shift in turns; 0 when not applied */
+  float blur_sigma;                       /* 0 when no blur */
+  int32_t blur_kernel;                    /* taps per axis, odd */
+  float solarize_threshold;
+} pv_view_params;
+
+/* The parameters of view `view` of the image with global index `index`
+ * and size height x width, as pv_augment draws them under (seed, epoch).
+ * Errors: the recipe's, and view >= 65536, epoch >= 2^32, size < 1. */
+pv_status pv_view_sample(const pv_view_recipe *recipe, uint64_t seed, uint64_t epoch,
+                         int64_t index, int64_t view, int64_t height, int64_t width,
+                         pv_view_params *out);
+
+/*
+ * Views first_view .. first_view + views - 1 of every image of batch into
+ * out [N, views, out_h, out_w, 3] (NHWC per view; row i * views + a is
+ * view first_view + a of image i), dtype F32 or BF16. recipes[a] draws
+ * view first_view + a; all share out's out_h x out_w (views of another
+ * size go in another call). Every random parameter of view m of image k
+ * comes from Philox-4x32-10 keyed by (seed, epoch, index[k], m), so the
+ * result does not depend on how a dataset is split into batches.
+ * Errors name the field: an empty batch, an image of size 0, channels not
+ * 1 or 3, bytes outside pixels, a recipe value out of range, out of the
+ * wrong shape or dtype, epoch >= 2^32, first_view + views > 65536.
+ */
+pv_status pv_augment(pv_device *dev, const pv_image_batch *batch,
+                     const pv_view_recipe *recipes, int64_t first_view, int64_t views,
+                     uint64_t seed, uint64_t epoch, pv_tensor *out);
+
+/* One Philox-4x32-10 block (philox.h), for tests and tools that want to
+ * reproduce the generator's stream. */
+void pv_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
 /* ---- encoder ops: layers and optimizers (csrc/nn*.cc) ------------------ */
+
+/*
+ * Layout and dtypes. Activations are NHWC: x [N, H, W, C], the layout of
+ * the views and of cuDNN's fast paths. Convolution weights are [K, R, S, C]
+ * (output channels, kernel rows, kernel columns, input channels); linear
+ * weights are [out, in] as in PyTorch. The activations of one call (x, y,
+ * dx, dy) share one dtype and the parameters (weights, BN scale, shift and
+ * statistics, their gradients) share one dtype. The CPU takes F32 or F64
+ * (the float64 reference of gradient checks) for both, equal; CUDA takes
+ * BF16 or F32 activations with F32 parameters. Gradients are written, not
+ * accumulated. An output may not alias an input unless the op says so.
+ */
+
+/* Convolution geometry; the kernel size comes from the weight tensor.
+ * Output size P = (H + 2 pad - R) / stride + 1, likewise Q. */
+typedef struct pv_conv2d_desc {
+  int64_t stride; /* >= 1, both axes */
+  int64_t pad;    /* >= 0 zero rows and columns on every side */
+} pv_conv2d_desc;
+
+/* y [N, P, Q, K] = conv(x [N, H, W, C], w [K, R, S, C]), no bias. */
+pv_status pv_conv2d_forward(pv_device *dev, const pv_conv2d_desc *desc, const pv_tensor *x,
+                            const pv_tensor *w, pv_tensor *y);
+
+/* From dy [N, P, Q, K]: dx (x's shape; NULL to skip, as for a network's
+ * input) and dw (w's shape; NULL to skip). */
+pv_status pv_conv2d_backward(pv_device *dev, const pv_conv2d_desc *desc, const pv_tensor *x,
+                             const pv_tensor *w, const pv_tensor *dy, pv_tensor *dx,
+                             pv_tensor *dw);
+
+/* Batch normalisation over every axis but the last (C): x is [N, H, W, C]
+ * or [N, C]. In training, normalises with the batch's mean and biased
+ * variance and updates running_mean and running_var (unbiased variance,
+ * as PyTorch) by r = (1 - momentum) r + momentum batch. In evaluation,
+ * normalises with the running statistics and leaves them. */
+typedef struct pv_batchnorm_desc {
+  int training;    /* 1: batch statistics; 0: running statistics */
+  double momentum; /* in [0, 1], e.g. 0.1 */
+  double eps;      /* > 0, e.g. 1e-5 */
+} pv_batchnorm_desc;
+
+/* y = gamma (x - mean) invstd + beta. gamma, beta, running_mean,
+ * running_var, save_mean and save_invstd are [C]; save_mean and
+ * save_invstd receive the statistics used (batch or running) for the
+ * backward pass. y may be x. */
+pv_status pv_batchnorm_forward(pv_device *dev, const pv_batchnorm_desc *desc,
+                               const pv_tensor *x, const pv_tensor *gamma,
+                               const pv_tensor *beta, pv_tensor *running_mean,
+                               pv_tensor *running_var, pv_tensor *save_mean,
+                               pv_tensor *save_invstd, pv_tensor *y);
+
+/* From dy: dx (through the batch statistics in training, through fixed
+ * statistics in evaluation), dgamma and dbeta [C]. desc->training must
+ * match the forward call. */
+pv_status pv_batchnorm_backward(pv_device *dev, const pv_batchnorm_desc *desc,
+                                const pv_tensor *x, const pv_tensor *gamma,
+                                const pv_tensor *save_mean, const pv_tensor *save_invstd,
+                                const pv_tensor *dy, pv_tensor *dx, pv_tensor *dgamma,
+                                pv_tensor *dbeta);
+
+/* y = max(x, 0), any shape; y may be x. */
+pv_status pv_relu_forward(pv_device *dev, const pv_tensor *x, pv_tensor *y);
+
+/* dx = dy where y > 0, else 0, from the forward output y; dx may be dy. */
+pv_status pv_relu_backward(pv_device *dev, const pv_tensor *y, const pv_tensor *dy,
+                           pv_tensor *dx);
+
+/* Max pooling geometry: a kernel x kernel window every stride pixels,
+ * padding that never wins (as -inf). P = (H + 2 pad - kernel) / stride + 1. */
+typedef struct pv_maxpool_desc {
+  int64_t kernel, stride, pad; /* kernel >= 1, stride >= 1, 0 <= pad < kernel */
+} pv_maxpool_desc;
+
+/* y [N, P, Q, C] = max over each window of x [N, H, W, C]. */
+pv_status pv_maxpool_forward(pv_device *dev, const pv_maxpool_desc *desc, const pv_tensor *x,
+                             pv_tensor *y);
+
+/* dx gets dy at each window's first maximal element (ties to the first in
+ * row-major order), summed over overlapping windows. */
+pv_status pv_maxpool_backward(pv_device *dev, const pv_maxpool_desc *desc,
+                              const pv_tensor *x, const pv_tensor *y, const pv_tensor *dy,
+                              pv_tensor *dx);
+
+/* y [N, C] = mean of x [N, H, W, C] over H and W. */
+pv_status pv_global_avgpool_forward(pv_device *dev, const pv_tensor *x, pv_tensor *y);
+
+/* dx [N, H, W, C] = dy [N, C] / (H W) at every pixel. */
+pv_status pv_global_avgpool_backward(pv_device *dev, const pv_tensor *dy, pv_tensor *dx);
+
+/* y = a + b elementwise, equal shapes: the residual join, and the sum of
+ * gradients where a path forks. y may be a or b. */
+pv_status pv_add(pv_device *dev, const pv_tensor *a, const pv_tensor *b, pv_tensor *y);
+
+/* y [..., out] = x [..., in] w^T + b: the leading axes of x and of y are
+ * rows, each with as many rows as the other but grouped freely, so a head
+ * may read [N M, in] and write [N, M, d] for the loss directly. w is
+ * [out, in]; b [out] or NULL. */
+pv_status pv_linear_forward(pv_device *dev, const pv_tensor *x, const pv_tensor *w,
+                            const pv_tensor *b, pv_tensor *y);
+
+/* From dy [..., out]: dx (NULL to skip), dw [out, in] and db [out] (NULL
+ * to skip). */
+pv_status pv_linear_backward(pv_device *dev, const pv_tensor *x, const pv_tensor *w,
+                             const pv_tensor *dy, pv_tensor *dx, pv_tensor *dw,
+                             pv_tensor *db);
+
+typedef enum pv_optimizer {
+  PV_OPT_SGD = 0,   /* momentum, optional Nesterov, L2 weight decay */
+  PV_OPT_LARS = 1,  /* SGD with a layer-wise trust ratio (You et al. 2017) */
+  PV_OPT_ADAMW = 2  /* Adam with decoupled weight decay */
+} pv_optimizer;
+
+/*
+ * One optimizer step on one parameter tensor, in place. With g the
+ * gradient, p the parameter and wd = 0 when exclude is set:
+ *   SGD:   g += wd p; v = momentum v + g; p -= lr (nesterov ? g + momentum v : v)
+ *   LARS:  g += wd p; r = exclude or |p| = 0 or |g| = 0 ? 1 : eta |p| / |g|;
+ *          v = momentum v + lr r g; p -= nesterov ? momentum v + lr r g : v
+ *   AdamW: p -= lr wd p; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+ *          p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ * exclude marks BN parameters and biases: no weight decay and, for LARS,
+ * no trust-ratio adaptation. |.| is the tensor's L2 norm.
+ */
+typedef struct pv_optim_desc {
+  pv_optimizer kind;
+  double lr;           /* this step's learning rate (the schedule's value) */
+  double momentum;     /* SGD, LARS */
+  int nesterov;        /* SGD, LARS */
+  double weight_decay;
+  double eta;          /* LARS trust coefficient, e.g. 0.001 */
+  double beta1, beta2; /* AdamW, e.g. 0.9, 0.999 */
+  double eps;          /* AdamW, e.g. 1e-8 */
+  int64_t step;        /* AdamW: t, 1 for the first step */
+  int exclude;
+} pv_optim_desc;
+
+/* param, grad and state0 (momentum v; AdamW's m) share a shape and a
+ * dtype (F32; F64 on the CPU); state1 is AdamW's v and NULL otherwise.
+ * State starts at zero. */
+pv_status pv_optimizer_step(pv_device *dev, const pv_optim_desc *desc, pv_tensor *param,
+                            const pv_tensor *grad, pv_tensor *state0, pv_tensor *state1);
+
+/* The CPU backend's float32 multiply-add peak of one thread in GFLOP/s,
+ * measured (about 50 ms), the yardstick for the GEMM's efficiency. */
+pv_status pv_cpu_fma_peak(double *gflops_per_thread);
 
 #ifdef __cplusplus
 }

@@ -153,6 +153,8 @@ type indexedReader interface {
 	// load fills dst with sample i, reusing dst.Image.Pix. An error means sample i is
 	// bad; the dataset stays usable.
 	load(i int, dst *Sample) error
+	// fileOf names the file that holds sample i, for reports.
+	fileOf(i int) string
 }
 
 // Open reads the dataset at path. The format is detected from the path:
@@ -245,6 +247,13 @@ func openDir(dir string, opts Options) (Dataset, error) {
 	}
 	if f := idxImagesFile(names, opts.Split); f != "" {
 		return openIDX(filepath.Join(dir, f), opts)
+	}
+	for _, n := range names {
+		if isIDXImagesName(n) {
+			return nil, fmt.Errorf("no IDX images file for split %q (want a name "+
+				"beginning with %s)", opts.Split, map[string]string{
+				"train": "train", "test": "t10k or test"}[opts.Split])
+		}
 	}
 	if shards := keepShards(names); len(shards) > 0 {
 		picked, err := shardsOfSplit(shards, opts.Split)

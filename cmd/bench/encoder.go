@@ -1,0 +1,289 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/polyview/polyview/bindings"
+	"github.com/polyview/polyview/trainer/model"
+)
+
+func init() {
+	subcommands["encoder"] = subcommand{run: runEncoder,
+		help: "encoder forward+backward views/s and CPU GEMM GFLOP/s, vs PyTorch"}
+}
+
+// encoderSpec is one encoder benchmark; the JSON field names are those
+// peer/encoder_torch.py reads.
+type encoderSpec struct {
+	Name     string `json:"name"`
+	Stem     string `json:"stem"`
+	Size     int    `json:"size"`
+	Channels int    `json:"channels"`
+	Batch    int    `json:"batch"`
+	Width    int    `json:"width"`
+}
+
+// encoderRow is one encoder's result.
+type encoderRow struct {
+	encoderSpec
+	Threads      int     `json:"threads"`
+	Seconds      float64 `json:"seconds"`
+	ViewsPerSec  float64 `json:"views_per_s"`
+	PeerViewsSec float64 `json:"peer_views_per_s,omitempty"`
+	Ratio        float64 `json:"ratio,omitempty"`
+}
+
+// gemmRow is one square GEMM size.
+type gemmRow struct {
+	N          int     `json:"n"`
+	GFLOPs     float64 `json:"gflops"`
+	PeakFrac   float64 `json:"peak_fraction"`
+	PeerGFLOPs float64 `json:"peer_gflops,omitempty"`
+}
+
+type encoderPeer struct {
+	Torch  string `json:"torch"`
+	Models []struct {
+		ViewsPerSec float64 `json:"views_per_s"`
+	} `json:"models"`
+	Gemm []struct {
+		GFLOPs float64 `json:"gflops"`
+	} `json:"gemm"`
+}
+
+func runEncoder(args []string) error {
+	fs := flag.NewFlagSet("encoder", flag.ContinueOnError)
+	threads := fs.Int("threads", 0, "CPU threads for both sides (0 = all)")
+	iters := fs.Int("iters", 3, "timed iterations per encoder")
+	warmup := fs.Int("warmup", 1, "untimed iterations first")
+	only := fs.String("models", "", "comma-separated subset: convnet28,convnet32,resnet18,resnet50")
+	sizes := fs.String("gemm", "512,1024,2048", "square GEMM sizes (empty skips)")
+	python := fs.String("python", defaultPython(), "python with torch for the peer; empty skips it")
+	jsonPath := fs.String("json", "", "write the rows as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := bindings.SetCPUThreads(*threads); err != nil {
+		return err
+	}
+	nthreads := bindings.CPUThreads()
+	specs := map[string]encoderSpec{
+		"convnet28": {Name: "convnet", Size: 28, Channels: 1, Batch: 256, Width: 32},
+		"convnet32": {Name: "convnet", Size: 32, Channels: 3, Batch: 256, Width: 32},
+		"resnet18":  {Name: "resnet18", Stem: "cifar", Size: 32, Channels: 3, Batch: 32},
+		"resnet50":  {Name: "resnet50", Stem: "imagenet", Size: 224, Channels: 3, Batch: 8},
+	}
+	var run []encoderSpec
+	for _, k := range []string{"convnet28", "convnet32", "resnet18", "resnet50"} {
+		if *only == "" || strings.Contains(","+*only+",", ","+k+",") {
+			run = append(run, specs[k])
+		}
+	}
+	var gemmSizes []int
+	if *sizes != "" {
+		var err error
+		if gemmSizes, err = parseInts(*sizes); err != nil {
+			return fmt.Errorf("-gemm: %w", err)
+		}
+	}
+	dev, err := bindings.Open("cpu", nil)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+
+	rows := make([]encoderRow, len(run))
+	for i, s := range run {
+		secs, err := timeEncoder(dev, s, *warmup, *iters)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.Name, err)
+		}
+		rows[i] = encoderRow{encoderSpec: s, Threads: nthreads, Seconds: secs,
+			ViewsPerSec: float64(s.Batch) / secs}
+	}
+	peak, err := bindings.CPUFMAPeak()
+	if err != nil {
+		return err
+	}
+	gemms := make([]gemmRow, len(gemmSizes))
+	for i, n := range gemmSizes {
+		g, err := timeGEMM(dev, n)
+		if err != nil {
+			return fmt.Errorf("gemm %d: %w", n, err)
+		}
+		gemms[i] = gemmRow{N: n, GFLOPs: g, PeakFrac: g / (peak * float64(nthreads))}
+	}
+
+	peerNote := "no peer (-python empty)"
+	if *python != "" {
+		p, err := runEncoderPeer(*python, run, gemmSizes, nthreads, *warmup, *iters)
+		if err != nil {
+			peerNote = "peer failed: " + err.Error()
+		} else {
+			peerNote = "PyTorch " + p.Torch
+			for i := range rows {
+				rows[i].PeerViewsSec = p.Models[i].ViewsPerSec
+				rows[i].Ratio = rows[i].ViewsPerSec / rows[i].PeerViewsSec
+			}
+			for i := range gemms {
+				gemms[i].PeerGFLOPs = p.Gemm[i].GFLOPs
+			}
+		}
+	}
+	printEncoder(dev.Name(), peerNote, peak, nthreads, rows, gemms)
+	if *jsonPath != "" {
+		b, _ := json.MarshalIndent(map[string]any{"device": dev.Name(), "threads": nthreads,
+			"fma_peak_gflops_per_thread": peak, "peer": peerNote, "encoders": rows,
+			"gemm": gemms}, "", "  ")
+		if err := os.WriteFile(*jsonPath, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// timeEncoder returns the mean seconds of one forward+backward of the
+// encoder (training mode) on a batch, from a fixed output gradient.
+func timeEncoder(dev *bindings.Device, s encoderSpec, warmup, iters int) (float64, error) {
+	m, err := model.New(dev, model.Config{Arch: s.Name, Stem: s.Stem, InChannels: s.Channels,
+		Width: s.Width, Seed: 1})
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	x, err := randTensor(dev, 1, s.Batch, s.Size, s.Size, s.Channels)
+	if err != nil {
+		return 0, err
+	}
+	defer x.Close()
+	g, err := randTensor(dev, 2, s.Batch, m.RepDim)
+	if err != nil {
+		return 0, err
+	}
+	defer g.Close()
+	var total time.Duration
+	for i := 0; i < warmup+iters; i++ {
+		t0 := time.Now()
+		if _, err := m.Forward(x); err != nil {
+			return 0, err
+		}
+		if err := m.Backward(g); err != nil {
+			return 0, err
+		}
+		if i >= warmup {
+			total += time.Since(t0)
+		}
+	}
+	return total.Seconds() / float64(iters), nil
+}
+
+// timeGEMM is the best GFLOP/s of three n x n x n products through the
+// linear op (y = x w^T, the same packed GEMM as the convolutions).
+func timeGEMM(dev *bindings.Device, n int) (float64, error) {
+	x, err := randTensor(dev, 3, n, n)
+	if err != nil {
+		return 0, err
+	}
+	defer x.Close()
+	w, err := randTensor(dev, 4, n, n)
+	if err != nil {
+		return 0, err
+	}
+	defer w.Close()
+	y, err := dev.NewTensor(bindings.Float32, n, n)
+	if err != nil {
+		return 0, err
+	}
+	defer y.Close()
+	best := 0.0
+	for i := 0; i < 4; i++ {
+		t0 := time.Now()
+		if err := bindings.LinearForward(x, w, nil, y); err != nil {
+			return 0, err
+		}
+		if i > 0 {
+			best = max(best, 2*float64(n)*float64(n)*float64(n)/time.Since(t0).Seconds()/1e9)
+		}
+	}
+	return best, nil
+}
+
+func randTensor(dev *bindings.Device, seed uint64, shape ...int) (*bindings.Tensor, error) {
+	n := 1
+	for _, s := range shape {
+		n *= s
+	}
+	r := rand.New(rand.NewPCG(seed, 0))
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	return dev.FromFloat32(v, shape...)
+}
+
+func runEncoderPeer(python string, specs []encoderSpec, gemm []int, threads, warmup,
+	iters int) (*encoderPeer, error) {
+	arg, _ := json.Marshal(map[string]any{"threads": threads, "warmup": warmup,
+		"iters": iters, "models": specs, "gemm": gemm})
+	script := filepath.Join(sourceDir(), "peer", "encoder_torch.py")
+	cmd := exec.Command(python, script, string(arg))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("OMP_NUM_THREADS=%d", threads))
+	b, err := cmd.Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
+			lines := strings.Split(strings.TrimSpace(string(ee.Stderr)), "\n")
+			return nil, fmt.Errorf("%s", lines[len(lines)-1])
+		}
+		return nil, err
+	}
+	var p encoderPeer
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("bad peer output: %w", err)
+	}
+	if len(p.Models) != len(specs) || len(p.Gemm) != len(gemm) {
+		return nil, fmt.Errorf("peer returned %d models and %d GEMMs, want %d and %d",
+			len(p.Models), len(p.Gemm), len(specs), len(gemm))
+	}
+	return &p, nil
+}
+
+func printEncoder(device, peer string, peak float64, threads int, rows []encoderRow,
+	gemms []gemmRow) {
+	fmt.Printf("device %s, %d threads, FMA peak %.1f GFLOP/s per thread; %s\n\n", device,
+		threads, peak, peer)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "encoder\tpx\tbatch\tpolyview views/s\ttorch views/s\tratio\t")
+	for _, r := range rows {
+		name := r.Name
+		if r.Stem != "" {
+			name += "/" + r.Stem
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t\n", name, r.Size, r.Batch, r.ViewsPerSec,
+			orDash(r.PeerViewsSec, "%.1f"), orDash(r.Ratio, "%.2f"))
+	}
+	tw.Flush()
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "gemm n\tpolyview GFLOP/s\tof peak\ttorch GFLOP/s\t")
+	for _, g := range gemms {
+		fmt.Fprintf(tw, "%d\t%.1f\t%.0f%%\t%s\t\n", g.N, g.GFLOPs, 100*g.PeakFrac,
+			orDash(g.PeerGFLOPs, "%.1f"))
+	}
+	tw.Flush()
+}
+
+func orDash(v float64, format string) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}

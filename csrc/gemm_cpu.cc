@@ -1,0 +1,292 @@
+// gemm_cpu.cc: a packed, blocked, multithreaded GEMM for the CPU backend.
+//
+// The classic Goto/BLIS structure: B is packed once per (NC x KC) block
+// into column slivers of NR that stay in L1 while a 6 x NR micro-kernel
+// sweeps an A block (MC x KC, packed into 6-row slivers, resident in L2).
+// The micro-kernel keeps 6 x 2 vector accumulators in registers (12 of the
+// 16 ymm registers on AVX2) and issues two FMAs per broadcast of A, so it
+// is bound by FMA throughput rather than loads. One template compiles twice:
+// once for AVX2+FMA, chosen at run time by __builtin_cpu_supports, and
+// once portable. Threads split the A blocks and, when there are too few
+// for the pool, the columns of the B block as well.
+#include "gemm_cpu.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "cpu_ops.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace pv {
+namespace {
+
+constexpr int kMR = 6;         // rows of the micro-tile
+constexpr int64_t kKC = 256;   // depth of a packed block: B sliver 16 KiB (float)
+constexpr int64_t kMC = 120;   // rows of an A block: 120 KiB packed (float), in L2
+constexpr int64_t kNC = 3072;  // columns of a packed B block
+
+template <typename T>
+constexpr int nr() { return 2 * Vec<T>::lanes; }  // columns of the micro-tile
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One call's operands plus the current (jc, pc) block and packed B.
+template <typename T>
+struct Job {
+  bool ta, tb;
+  int64_t m, n, k;
+  T alpha;
+  const T *a, *b;
+  int64_t lda, ldb;
+  T beta;  // beta for this depth block: the caller's for pc == 0, else 1
+  T *c;
+  int64_t ldc;
+  int64_t jc, nc, pc, kc;
+  const T *bpack;     // [ceil(nc / NR)][kc][NR]
+  T *apack;           // [workers][kMC * kKC]
+  int64_t col_tasks;  // column chunks per A block
+  int64_t col_chunk;  // columns per chunk, a multiple of NR
+};
+
+// Packs op(A)[i0 : i0 + mc][pc : pc + kc] into 6-row slivers
+// dst[sliver][kk][kMR], rows past the end zero.
+template <typename T>
+PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, T *dst) {
+  for (int64_t ir = 0; ir < mc; ir += kMR) {
+    const int rows = (int)std::min<int64_t>(kMR, mc - ir);
+    T *d = dst + ir * j.kc;
+    if (!j.ta) {
+      for (int r = 0; r < kMR; r++) {
+        const T *src = j.a + (i0 + ir + r) * j.lda + j.pc;
+        for (int64_t kk = 0; kk < j.kc; kk++) d[kk * kMR + r] = r < rows ? src[kk] : (T)0;
+      }
+    } else {
+      for (int64_t kk = 0; kk < j.kc; kk++) {
+        const T *src = j.a + (j.pc + kk) * j.lda + i0 + ir;
+        for (int r = 0; r < kMR; r++) d[kk * kMR + r] = r < rows ? src[r] : (T)0;
+      }
+    }
+  }
+}
+
+// Packs the NR-column sliver p of op(B)[pc : pc + kc][jc : jc + nc].
+template <typename T>
+void pack_b_sliver(const Job<T> &j, int64_t p, T *bpack) {
+  constexpr int NR = nr<T>();
+  const int64_t j0 = j.jc + p * NR;
+  const int cols = (int)std::min<int64_t>(NR, j.jc + j.nc - j0);
+  T *d = bpack + p * j.kc * NR;
+  if (!j.tb) {
+    for (int64_t kk = 0; kk < j.kc; kk++) {
+      const T *src = j.b + (j.pc + kk) * j.ldb + j0;
+      for (int c = 0; c < NR; c++) d[kk * NR + c] = c < cols ? src[c] : (T)0;
+    }
+  } else {
+    for (int c = 0; c < NR; c++) {
+      const T *src = j.b + (j0 + c) * j.ldb + j.pc;
+      for (int64_t kk = 0; kk < j.kc; kk++) d[kk * NR + c] = c < cols ? src[kk] : (T)0;
+    }
+  }
+}
+
+// c[rows][cols] = alpha * ap bp + beta * c for one 6 x NR micro-tile.
+template <typename T>
+PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T beta, T *c,
+                            int64_t ldc, int rows, int cols) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes, NR = nr<T>();
+  V acc[kMR][2];
+  for (int i = 0; i < kMR; i++) acc[i][0] = acc[i][1] = V{};
+  for (int64_t kk = 0; kk < kc; kk++) {
+    const V b0 = vload<V>(bp), b1 = vload<V>(bp + L);
+    for (int i = 0; i < kMR; i++) {
+      const T ai = ap[i];
+      acc[i][0] += ai * b0;
+      acc[i][1] += ai * b1;
+    }
+    ap += kMR;
+    bp += NR;
+  }
+  if (rows == kMR && cols == NR) {
+    for (int i = 0; i < kMR; i++)
+      for (int v = 0; v < 2; v++) {
+        V r = acc[i][v] * alpha;
+        if (beta != (T)0) r += beta * vload<V>(c + i * ldc + v * L);
+        vstore(c + i * ldc + v * L, r);
+      }
+    return;
+  }
+  T tmp[kMR * NR];
+  for (int i = 0; i < kMR; i++)
+    for (int v = 0; v < 2; v++) vstore(tmp + i * NR + v * L, acc[i][v]);
+  for (int i = 0; i < rows; i++)
+    for (int jj = 0; jj < cols; jj++) {
+      T r = alpha * tmp[i * NR + jj];
+      if (beta != (T)0) r += beta * c[i * ldc + jj];
+      c[i * ldc + jj] = r;
+    }
+}
+
+// One task: pack an A block, then run its micro-tiles over a column chunk,
+// sliver by sliver so that the B sliver stays in L1.
+template <typename T>
+PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
+  constexpr int NR = nr<T>();
+  const int64_t i0 = (task / j.col_tasks) * kMC, mc = std::min(kMC, j.m - i0);
+  const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
+  const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
+  T *ap = j.apack + worker * kMC * kKC;
+  pack_a(j, i0, mc, ap);
+  for (int64_t jr = c0; jr < c1; jr += NR) {
+    const T *bp = j.bpack + jr * j.kc;
+    const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
+    for (int64_t ir = 0; ir < mc; ir += kMR)
+      micro_kernel(j.kc, ap + ir * j.kc, bp, j.alpha, j.beta,
+                   j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
+                   (int)std::min<int64_t>(kMR, mc - ir), cols);
+  }
+}
+
+PV_TARGET_AVX2 void block_task_avx2(const Job<float> &j, int64_t t, int w) {
+  block_task(j, t, w);
+}
+PV_TARGET_AVX2 void block_task_avx2(const Job<double> &j, int64_t t, int w) {
+  block_task(j, t, w);
+}
+void block_task_portable(const Job<float> &j, int64_t t, int w) { block_task(j, t, w); }
+void block_task_portable(const Job<double> &j, int64_t t, int w) { block_task(j, t, w); }
+
+template <typename T>
+void scale_c(int64_t m, int64_t n, T beta, T *c, int64_t ldc) {
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t jj = 0; jj < n; jj++) c[i * ldc + jj] = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
+}
+
+// FMA chains for the peak measurement: 10 independent accumulators hide
+// the FMA latency (4 cycles x 2 units needs at least 8).
+template <typename V>
+PV_INLINE V fma_chains(int64_t iters) {
+  V acc[10], x = V{} + 0.999999f, y = V{} + 1e-7f;
+  for (int i = 0; i < 10; i++) acc[i] = V{} + (float)i;
+  for (int64_t t = 0; t < iters; t++)
+    for (int i = 0; i < 10; i++) acc[i] = acc[i] * x + y;
+  V s = V{};
+  for (int i = 0; i < 10; i++) s += acc[i];
+  return s;
+}
+PV_TARGET_AVX2 float fma_run_avx2(int64_t iters) {
+  return hsum<float>(fma_chains<Vec<float>::type>(iters));
+}
+float fma_run_portable(int64_t iters) { return hsum<float>(fma_chains<Vec<float>::type>(iters)); }
+
+}  // namespace
+
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
+               int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split);
+
+// Split-k: when the depth dwarfs the output (a weight gradient, where k
+// is every pixel of the batch and C is only K x RSC), blocking over C
+// leaves threads idle and syncs the pool once per KC slice. Each worker
+// instead multiplies its own slice of k into a private C serially, and the
+// partial products are summed in worker order (deterministic).
+template <typename T>
+bool gemm_split_k(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
+                  int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
+  const int64_t workers = cpu_threads();
+  if (workers < 2 || k < 4 * kKC || k < 4 * std::max(m, n)) return false;
+  const int64_t parts = std::min(workers, k / kKC);
+  const int64_t per = ceil_div(ceil_div(k, parts), kKC) * kKC;
+  CpuBuffer<T> partial(parts * m * n);
+  parallel_for(parts, [&](int64_t p, int) {
+    const int64_t k0 = p * per, kn = std::min(per, k - k0);
+    T *dst = partial.get() + p * m * n;
+    if (kn <= 0) {
+      std::fill(dst, dst + m * n, (T)0);
+      return;
+    }
+    const T *ap = ta ? a + k0 * lda : a + k0;
+    const T *bp = tb ? b + k0 : b + k0 * ldb;
+    // Inside a pool task the inner parallel_for calls run inline.
+    gemm_impl<T>(ta, tb, m, n, kn, alpha, ap, lda, bp, ldb, 0, dst, n, false);
+  });
+  parallel_for(m, [&](int64_t i, int) {
+    for (int64_t jj = 0; jj < n; jj++) {
+      T acc = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
+      for (int64_t p = 0; p < parts; p++) acc += partial[(p * m + i) * n + jj];
+      c[i * ldc + jj] = acc;
+    }
+  });
+  return true;
+}
+
+template <typename T>
+void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
+               int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split) {
+  constexpr int NR = nr<T>();
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0 || alpha == (T)0) {
+    scale_c(m, n, beta, c, ldc);
+    return;
+  }
+  if (split && gemm_split_k(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
+  const int workers = cpu_threads();
+  const int64_t nc_max = std::min(n, kNC);
+  CpuBuffer<T> bpack(kKC * ceil_div(nc_max, NR) * NR), apack(workers * kMC * kKC);
+  Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
+           0, 0, 0, 0, bpack.get(), apack.get(), 1, 0};
+  const bool fast = cpu_has_avx2_fma();
+  const int64_t mblocks = ceil_div(m, kMC);
+  for (j.jc = 0; j.jc < n; j.jc += kNC) {
+    j.nc = std::min(kNC, n - j.jc);
+    const int64_t slivers = ceil_div(j.nc, NR);
+    // Enough tasks for about three per worker, so uneven ones balance.
+    const int64_t want = std::min(slivers, ceil_div(3 * workers, mblocks));
+    j.col_chunk = ceil_div(slivers, want) * NR;
+    j.col_tasks = ceil_div(j.nc, j.col_chunk);
+    for (j.pc = 0; j.pc < k; j.pc += kKC) {
+      j.kc = std::min(kKC, k - j.pc);
+      j.beta = j.pc == 0 ? beta : (T)1;
+      parallel_for(slivers, [&](int64_t p, int) { pack_b_sliver(j, p, bpack.get()); });
+      parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
+        fast ? block_task_avx2(j, t, w) : block_task_portable(j, t, w);
+      });
+    }
+  }
+}
+
+template <typename T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t lda,
+          const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
+  gemm_impl<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, true);
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                          const float *, int64_t, float, float *, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double *,
+                           int64_t, const double *, int64_t, double, double *, int64_t);
+
+double cpu_fma_peak_gflops() {
+  const int64_t iters = 2000000;
+  double best = 0;
+  volatile float sink = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    auto t0 = std::chrono::steady_clock::now();
+    sink = sink + (cpu_has_avx2_fma() ? fma_run_avx2(iters) : fma_run_portable(iters));
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * 8 * 10 * (double)iters / s / 1e9);
+  }
+  return best;
+}
+
+}  // namespace pv

@@ -1,0 +1,30 @@
+// gemm_cpu.h: the CPU backend's matrix multiply, used by convolution and
+// linear layers (nn_cpu.cc). No system BLAS: packed, blocked, threaded.
+#ifndef POLYVIEW_GEMM_CPU_H
+#define POLYVIEW_GEMM_CPU_H
+
+#include <cstdint>
+
+namespace pv {
+
+// C = alpha * op(A) op(B) + beta * C, all row-major. op(A) is [m][k]: A
+// itself (stored [m][lda], lda >= k) or, when trans_a, A^T with A stored
+// [k][lda], lda >= m. Likewise op(B) is [k][n]: B ([k][ldb]) or B^T (B
+// stored [n][ldb]). C is [m][ldc]. beta == 0 never reads C, so C may hold
+// garbage. Runs on the CPU thread pool; called from inside a pool task it
+// runs on that thread alone. Instantiated for float and double.
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
+          int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc);
+
+// Single-thread float32 multiply-add throughput in GFLOP/s (an FMA counts
+// as 2), measured with register-resident chains on the widest unit the
+// kernels use: the peak that gemm's efficiency is reported against.
+double cpu_fma_peak_gflops();
+
+// True when the processor has AVX2 and FMA (the kernels' fast path).
+bool cpu_has_avx2_fma();
+
+}  // namespace pv
+
+#endif  // POLYVIEW_GEMM_CPU_H

@@ -1,0 +1,462 @@
+// nn_cpu.cc: the encoder's layers on the CPU, the readable reference that
+// the CUDA ops are checked against, and fast enough to train a small
+// ConvNet. Activations are NHWC and every op is a template over float and
+// double (the float64 path serves gradient checks).
+//
+// Convolution is im2col + GEMM (gemm_cpu.cc): rows of the column matrix
+// are output pixels, columns are (ky, kx, c), so y [pixels, K] =
+// col [pixels, R S C] w^T. The column matrix is built a chunk of whole
+// images at a time, at most kColBytes, so memory stays bounded at 224 px.
+// 1x1 stride-1 convolutions skip im2col: x already is the column matrix.
+// The input gradient goes the other way, dcol = dy w, then a gather
+// (col2im) that sums, for each input pixel, the columns that read it;
+// gathering rather than scattering lets threads own disjoint outputs.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cpu_ops.h"
+#include "gemm_cpu.h"
+#include "threadpool.h"
+
+namespace pv {
+namespace {
+
+constexpr int64_t kColBytes = 32 << 20;  // im2col buffer budget per call
+
+// Runs fn(begin, end) over [0, n) in chunks of at least grain items.
+template <typename F>
+void parallel_chunks(int64_t n, int64_t grain, const F &fn) {
+  if (n <= 0) return;
+  int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / std::max<int64_t>(grain, 1),
+                                                          4 * (int64_t)cpu_threads()));
+  int64_t per = (n + chunks - 1) / chunks;
+  chunks = (n + per - 1) / per;
+  parallel_for(chunks, [&](int64_t t, int) {
+    fn(t * per, std::min(n, (t + 1) * per));
+  });
+}
+
+pv_status cpu_dtype(const char *op, pv_dtype act, pv_dtype param) {
+  if (act == param && (act == PV_F32 || act == PV_F64)) return PV_OK;
+  return fail(PV_ERR_UNSUPPORTED, "%s: the CPU takes float32 or float64 activations and "
+              "parameters of one dtype, got %s and %s", op, dtype_name(act),
+              dtype_name(param));
+}
+
+// ---- convolution --------------------------------------------------------
+
+template <typename T>
+struct Conv {
+  const pv_conv2d_args &a;
+  int64_t kdim() const { return a.r * a.s * a.c; }
+  int64_t pixels() const { return a.p * a.q; }
+  bool pointwise() const { return a.r == 1 && a.s == 1 && a.stride == 1 && a.pad == 0; }
+  // Images per im2col chunk: as many as fit kColBytes, at least one.
+  int64_t chunk_images() const {
+    int64_t per = pixels() * kdim() * (int64_t)sizeof(T);
+    return std::max<int64_t>(1, std::min<int64_t>(a.n, kColBytes / std::max<int64_t>(per, 1)));
+  }
+
+  // col [images * P * Q][R S C] for images [i0, i0 + ni).
+  void im2col(const T *x, int64_t i0, int64_t ni, T *col) const {
+    const int64_t kd = kdim();
+    parallel_chunks(ni * a.p, 1, [&](int64_t b, int64_t e) {
+      for (int64_t row = b; row < e; row++) {
+        const int64_t img = i0 + row / a.p, oy = row % a.p;
+        for (int64_t ox = 0; ox < a.q; ox++) {
+          T *dst = col + (row * a.q + ox) * kd;
+          for (int64_t ky = 0; ky < a.r; ky++) {
+            const int64_t iy = oy * a.stride - a.pad + ky;
+            for (int64_t kx = 0; kx < a.s; kx++, dst += a.c) {
+              const int64_t ix = ox * a.stride - a.pad + kx;
+              if (iy < 0 || iy >= a.h || ix < 0 || ix >= a.w) {
+                std::fill(dst, dst + a.c, (T)0);
+                continue;
+              }
+              std::memcpy(dst, x + ((img * a.h + iy) * a.w + ix) * a.c, a.c * sizeof(T));
+            }
+          }
+        }
+      }
+    });
+  }
+
+  // dx for images [i0, i0 + ni) from dcol: each input pixel sums the
+  // column entries that read it.
+  void col2im(const T *dcol, int64_t i0, int64_t ni, T *dx) const {
+    const int64_t kd = kdim();
+    parallel_chunks(ni * a.h, 1, [&](int64_t b, int64_t e) {
+      for (int64_t row = b; row < e; row++) {
+        const int64_t img = row / a.h, iy = row % a.h;
+        for (int64_t ix = 0; ix < a.w; ix++) {
+          T *dst = dx + (((i0 + img) * a.h + iy) * a.w + ix) * a.c;
+          std::fill(dst, dst + a.c, (T)0);
+          for (int64_t ky = 0; ky < a.r; ky++) {
+            const int64_t ty = iy + a.pad - ky;
+            if (ty < 0 || ty % a.stride) continue;
+            const int64_t oy = ty / a.stride;
+            if (oy >= a.p) continue;
+            for (int64_t kx = 0; kx < a.s; kx++) {
+              const int64_t tx = ix + a.pad - kx;
+              if (tx < 0 || tx % a.stride) continue;
+              const int64_t ox = tx / a.stride;
+              if (ox >= a.q) continue;
+              const T *src = dcol + ((img * a.p + oy) * a.q + ox) * kd + (ky * a.s + kx) * a.c;
+              for (int64_t ch = 0; ch < a.c; ch++) dst[ch] += src[ch];
+            }
+          }
+        }
+      }
+    });
+  }
+
+  void forward() const {
+    const T *x = static_cast<const T *>(a.x_ptr), *w = static_cast<const T *>(a.w_ptr);
+    T *y = static_cast<T *>(a.y_ptr);
+    const int64_t kd = kdim(), px = pixels();
+    if (pointwise()) {
+      gemm<T>(false, true, a.n * px, a.k, kd, 1, x, kd, w, kd, 0, y, a.k);
+      return;
+    }
+    const int64_t ci = chunk_images();
+    CpuBuffer<T> col(ci * px * kd);
+    for (int64_t i0 = 0; i0 < a.n; i0 += ci) {
+      const int64_t ni = std::min(ci, a.n - i0);
+      im2col(x, i0, ni, col.get());
+      gemm<T>(false, true, ni * px, a.k, kd, 1, col.get(), kd, w, kd, 0, y + i0 * px * a.k, a.k);
+    }
+  }
+
+  void backward() const {
+    const T *x = static_cast<const T *>(a.x_ptr), *w = static_cast<const T *>(a.w_ptr);
+    const T *dy = static_cast<const T *>(a.dy_ptr);
+    T *dx = static_cast<T *>(a.dx_ptr), *dw = static_cast<T *>(a.dw_ptr);
+    const int64_t kd = kdim(), px = pixels();
+    if (pointwise()) {
+      if (dw) gemm<T>(true, false, a.k, kd, a.n * px, 1, dy, a.k, x, kd, 0, dw, kd);
+      if (dx) gemm<T>(false, false, a.n * px, kd, a.k, 1, dy, a.k, w, kd, 0, dx, kd);
+      return;
+    }
+    const int64_t ci = chunk_images();
+    CpuBuffer<T> col(ci * px * kd);
+    for (int64_t i0 = 0; i0 < a.n; i0 += ci) {
+      const int64_t ni = std::min(ci, a.n - i0);
+      const T *dyc = dy + i0 * px * a.k;
+      if (dw) {
+        im2col(x, i0, ni, col.get());
+        gemm<T>(true, false, a.k, kd, ni * px, 1, dyc, a.k, col.get(), kd, i0 ? 1 : 0, dw, kd);
+      }
+      if (dx) {
+        gemm<T>(false, false, ni * px, kd, a.k, 1, dyc, a.k, w, kd, 0, col.get(), kd);
+        col2im(col.get(), i0, ni, dx);
+      }
+    }
+  }
+};
+
+// ---- batch normalisation ------------------------------------------------
+
+// Per-channel sums over rows, threads owning row blocks and the blocks
+// merged in order, so the result does not depend on scheduling.
+// sum[c] = sum_rows f(row, c).
+template <typename T, typename F>
+void channel_sums(int64_t rows, int64_t c, int nsums, double *out, const F &f) {
+  const int64_t blocks = std::min<int64_t>(rows, 64);
+  const int64_t per = (rows + blocks - 1) / blocks;
+  std::vector<double> part((size_t)(blocks * nsums * c), 0.0);
+  parallel_for(blocks, [&](int64_t blk, int) {
+    double *acc = part.data() + blk * nsums * c;
+    for (int64_t r = blk * per; r < std::min(rows, (blk + 1) * per); r++) f(r, acc);
+  });
+  std::fill(out, out + nsums * c, 0.0);
+  for (int64_t blk = 0; blk < blocks; blk++)
+    for (int64_t i = 0; i < nsums * c; i++) out[i] += part[blk * nsums * c + i];
+}
+
+template <typename T>
+void bn_forward(const pv_batchnorm_args &a) {
+  const int64_t rows = a.rows, c = a.c;
+  const T *x = static_cast<const T *>(a.x_ptr);
+  const T *gamma = static_cast<const T *>(a.gamma_ptr), *beta = static_cast<const T *>(a.beta_ptr);
+  T *rm = static_cast<T *>(a.running_mean_ptr), *rv = static_cast<T *>(a.running_var_ptr);
+  T *sm = static_cast<T *>(a.save_mean_ptr), *si = static_cast<T *>(a.save_invstd_ptr);
+  std::vector<double> mean(c), var(c);
+  if (a.training) {
+    // Two passes (mean, then squared deviations) for accuracy.
+    channel_sums<T>(rows, c, 1, mean.data(), [&](int64_t r, double *acc) {
+      for (int64_t j = 0; j < c; j++) acc[j] += (double)x[r * c + j];
+    });
+    for (int64_t j = 0; j < c; j++) mean[j] /= (double)rows;
+    channel_sums<T>(rows, c, 1, var.data(), [&](int64_t r, double *acc) {
+      for (int64_t j = 0; j < c; j++) {
+        double d = (double)x[r * c + j] - mean[j];
+        acc[j] += d * d;
+      }
+    });
+    for (int64_t j = 0; j < c; j++) {
+      var[j] /= (double)rows;
+      const double unbiased = var[j] * (double)rows / (double)(rows - 1);
+      rm[j] = (T)((1 - a.momentum) * (double)rm[j] + a.momentum * mean[j]);
+      rv[j] = (T)((1 - a.momentum) * (double)rv[j] + a.momentum * unbiased);
+    }
+  } else {
+    for (int64_t j = 0; j < c; j++) mean[j] = (double)rm[j], var[j] = (double)rv[j];
+  }
+  // y = x * scale + shift per channel.
+  std::vector<T> scale(c), shift(c);
+  for (int64_t j = 0; j < c; j++) {
+    const double inv = 1.0 / std::sqrt(var[j] + a.eps);
+    sm[j] = (T)mean[j];
+    si[j] = (T)inv;
+    scale[j] = (T)((double)gamma[j] * inv);
+    shift[j] = (T)((double)beta[j] - mean[j] * (double)gamma[j] * inv);
+  }
+  T *y = static_cast<T *>(a.y_ptr);
+  parallel_chunks(rows, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++)
+      for (int64_t j = 0; j < c; j++) y[r * c + j] = x[r * c + j] * scale[j] + shift[j];
+  });
+}
+
+template <typename T>
+void bn_backward(const pv_batchnorm_args &a) {
+  const int64_t rows = a.rows, c = a.c;
+  const T *x = static_cast<const T *>(a.x_ptr), *dy = static_cast<const T *>(a.dy_ptr);
+  const T *gamma = static_cast<const T *>(a.gamma_ptr);
+  const T *sm = static_cast<const T *>(a.save_mean_ptr);
+  const T *si = static_cast<const T *>(a.save_invstd_ptr);
+  // sums[0][c] = sum dy, sums[1][c] = sum dy (x - mean).
+  std::vector<double> sums(2 * c);
+  channel_sums<T>(rows, c, 2, sums.data(), [&](int64_t r, double *acc) {
+    for (int64_t j = 0; j < c; j++) {
+      const double g = (double)dy[r * c + j];
+      acc[j] += g;
+      acc[c + j] += g * ((double)x[r * c + j] - (double)sm[j]);
+    }
+  });
+  T *dgamma = static_cast<T *>(a.dgamma_ptr), *dbeta = static_cast<T *>(a.dbeta_ptr);
+  // dx = k1 dy + k2 (x - mean) + k3 per channel; in evaluation the
+  // statistics are constants and only k1 remains.
+  std::vector<T> k1(c), k2(c), k3(c);
+  for (int64_t j = 0; j < c; j++) {
+    const double inv = (double)si[j], g = (double)gamma[j];
+    dbeta[j] = (T)sums[j];
+    dgamma[j] = (T)(sums[c + j] * inv);
+    k1[j] = (T)(g * inv);
+    if (a.training) {
+      const double n = (double)rows;
+      k2[j] = (T)(-g * inv * inv * inv * sums[c + j] / n);
+      k3[j] = (T)(-g * inv * sums[j] / n + g * inv * inv * inv * sums[c + j] / n * (double)sm[j]);
+    } else {
+      k2[j] = k3[j] = 0;
+    }
+  }
+  T *dx = static_cast<T *>(a.dx_ptr);
+  parallel_chunks(rows, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++)
+      for (int64_t j = 0; j < c; j++)
+        dx[r * c + j] = k1[j] * dy[r * c + j] + k2[j] * x[r * c + j] + k3[j];
+  });
+}
+
+// ---- elementwise, pooling, linear ---------------------------------------
+
+template <typename T>
+void relu_forward(const pv_eltwise_args &a) {
+  const T *x = static_cast<const T *>(a.a_ptr);
+  T *y = static_cast<T *>(a.out_ptr);
+  parallel_chunks(a.numel, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) y[i] = x[i] > (T)0 ? x[i] : (T)0;
+  });
+}
+
+template <typename T>
+void relu_backward(const pv_eltwise_args &a) {
+  const T *y = static_cast<const T *>(a.a_ptr), *dy = static_cast<const T *>(a.b_ptr);
+  T *dx = static_cast<T *>(a.out_ptr);
+  parallel_chunks(a.numel, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) dx[i] = y[i] > (T)0 ? dy[i] : (T)0;
+  });
+}
+
+template <typename T>
+void add(const pv_eltwise_args &a) {
+  const T *p = static_cast<const T *>(a.a_ptr), *q = static_cast<const T *>(a.b_ptr);
+  T *y = static_cast<T *>(a.out_ptr);
+  parallel_chunks(a.numel, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i++) y[i] = p[i] + q[i];
+  });
+}
+
+template <typename T>
+void maxpool_forward(const pv_pool_args &a) {
+  const T *x = static_cast<const T *>(a.x_ptr);
+  T *y = static_cast<T *>(a.out_ptr);
+  parallel_chunks(a.n * a.p, 1, [&](int64_t b, int64_t e) {
+    for (int64_t row = b; row < e; row++) {
+      const int64_t img = row / a.p, oy = row % a.p;
+      for (int64_t ox = 0; ox < a.q; ox++) {
+        T *dst = y + (row * a.q + ox) * a.c;
+        std::fill(dst, dst + a.c, -INFINITY);
+        for (int64_t ky = 0; ky < a.kernel; ky++) {
+          const int64_t iy = oy * a.stride - a.pad + ky;
+          if (iy < 0 || iy >= a.h) continue;
+          for (int64_t kx = 0; kx < a.kernel; kx++) {
+            const int64_t ix = ox * a.stride - a.pad + kx;
+            if (ix < 0 || ix >= a.w) continue;
+            const T *src = x + ((img * a.h + iy) * a.w + ix) * a.c;
+            for (int64_t ch = 0; ch < a.c; ch++) dst[ch] = src[ch] > dst[ch] ? src[ch] : dst[ch];
+          }
+        }
+      }
+    }
+  });
+}
+
+// Threads own whole images, so the scatter into overlapping windows is
+// race-free.
+template <typename T>
+void maxpool_backward(const pv_pool_args &a) {
+  const T *x = static_cast<const T *>(a.x_ptr), *dy = static_cast<const T *>(a.dy_ptr);
+  T *dx = static_cast<T *>(a.out_ptr);
+  parallel_for(a.n, [&](int64_t img, int) {
+    T *dimg = dx + img * a.h * a.w * a.c;
+    std::fill(dimg, dimg + a.h * a.w * a.c, (T)0);
+    std::vector<int64_t> best(a.c);
+    std::vector<T> bv(a.c);
+    for (int64_t oy = 0; oy < a.p; oy++)
+      for (int64_t ox = 0; ox < a.q; ox++) {
+        std::fill(bv.begin(), bv.end(), -INFINITY);
+        std::fill(best.begin(), best.end(), -1);
+        for (int64_t ky = 0; ky < a.kernel; ky++) {
+          const int64_t iy = oy * a.stride - a.pad + ky;
+          if (iy < 0 || iy >= a.h) continue;
+          for (int64_t kx = 0; kx < a.kernel; kx++) {
+            const int64_t ix = ox * a.stride - a.pad + kx;
+            if (ix < 0 || ix >= a.w) continue;
+            const int64_t off = (iy * a.w + ix) * a.c;
+            const T *src = x + img * a.h * a.w * a.c + off;
+            for (int64_t ch = 0; ch < a.c; ch++)
+              if (best[ch] < 0 || src[ch] > bv[ch]) bv[ch] = src[ch], best[ch] = off + ch;
+          }
+        }
+        const T *g = dy + ((img * a.p + oy) * a.q + ox) * a.c;
+        for (int64_t ch = 0; ch < a.c; ch++)
+          if (best[ch] >= 0) dimg[best[ch]] += g[ch];
+      }
+  });
+}
+
+template <typename T>
+void avgpool_forward(const pv_pool_args &a) {
+  const T *x = static_cast<const T *>(a.x_ptr);
+  T *y = static_cast<T *>(a.out_ptr);
+  const int64_t hw = a.h * a.w;
+  parallel_for(a.n, [&](int64_t img, int) {
+    std::vector<double> acc(a.c, 0.0);
+    for (int64_t i = 0; i < hw; i++)
+      for (int64_t ch = 0; ch < a.c; ch++) acc[ch] += (double)x[(img * hw + i) * a.c + ch];
+    for (int64_t ch = 0; ch < a.c; ch++) y[img * a.c + ch] = (T)(acc[ch] / (double)hw);
+  });
+}
+
+template <typename T>
+void avgpool_backward(const pv_pool_args &a) {
+  const T *dy = static_cast<const T *>(a.dy_ptr);
+  T *dx = static_cast<T *>(a.out_ptr);
+  const int64_t hw = a.h * a.w;
+  const T inv = (T)(1.0 / (double)hw);
+  parallel_chunks(a.n * hw, 256, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++)
+      for (int64_t ch = 0; ch < a.c; ch++) dx[r * a.c + ch] = dy[(r / hw) * a.c + ch] * inv;
+  });
+}
+
+template <typename T>
+void linear_forward(const pv_linear_args &a) {
+  const T *x = static_cast<const T *>(a.x_ptr), *w = static_cast<const T *>(a.w_ptr);
+  const T *bias = static_cast<const T *>(a.b_ptr);
+  T *y = static_cast<T *>(a.y_ptr);
+  gemm<T>(false, true, a.rows, a.out, a.in, 1, x, a.in, w, a.in, 0, y, a.out);
+  if (!bias) return;
+  parallel_chunks(a.rows, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; r++)
+      for (int64_t j = 0; j < a.out; j++) y[r * a.out + j] += bias[j];
+  });
+}
+
+template <typename T>
+void linear_backward(const pv_linear_args &a) {
+  const T *x = static_cast<const T *>(a.x_ptr), *w = static_cast<const T *>(a.w_ptr);
+  const T *dy = static_cast<const T *>(a.dy_ptr);
+  T *dx = static_cast<T *>(a.dx_ptr), *dw = static_cast<T *>(a.dw_ptr);
+  T *db = static_cast<T *>(a.db_ptr);
+  if (dx) gemm<T>(false, false, a.rows, a.in, a.out, 1, dy, a.out, w, a.in, 0, dx, a.in);
+  gemm<T>(true, false, a.out, a.in, a.rows, 1, dy, a.out, x, a.in, 0, dw, a.in);
+  if (!db) return;
+  for (int64_t j = 0; j < a.out; j++) {
+    double s = 0;
+    for (int64_t r = 0; r < a.rows; r++) s += (double)dy[r * a.out + j];
+    db[j] = (T)s;
+  }
+}
+
+}  // namespace
+
+// Each op picks float or double after checking the CPU's dtype rule.
+#define PV_CPU_DISPATCH(op, fn, act, param, args)          \
+  do {                                                     \
+    pv_status st_ = cpu_dtype(op, act, param);             \
+    if (st_ != PV_OK) return st_;                          \
+    if ((act) == PV_F64) fn<double>(args); else fn<float>(args); \
+    return PV_OK;                                          \
+  } while (0)
+
+template <typename T>
+static void conv_fwd(const pv_conv2d_args &a) { Conv<T>{a}.forward(); }
+template <typename T>
+static void conv_bwd(const pv_conv2d_args &a) { Conv<T>{a}.backward(); }
+
+pv_status cpu_conv2d_forward(void *, const pv_conv2d_args *a) {
+  PV_CPU_DISPATCH("conv2d_forward", conv_fwd, a->act_dtype, a->param_dtype, *a);
+}
+pv_status cpu_conv2d_backward(void *, const pv_conv2d_args *a) {
+  PV_CPU_DISPATCH("conv2d_backward", conv_bwd, a->act_dtype, a->param_dtype, *a);
+}
+pv_status cpu_batchnorm_forward(void *, const pv_batchnorm_args *a) {
+  PV_CPU_DISPATCH("batchnorm_forward", bn_forward, a->act_dtype, a->param_dtype, *a);
+}
+pv_status cpu_batchnorm_backward(void *, const pv_batchnorm_args *a) {
+  PV_CPU_DISPATCH("batchnorm_backward", bn_backward, a->act_dtype, a->param_dtype, *a);
+}
+pv_status cpu_relu_forward(void *, const pv_eltwise_args *a) {
+  PV_CPU_DISPATCH("relu_forward", relu_forward, a->dtype, a->dtype, *a);
+}
+pv_status cpu_relu_backward(void *, const pv_eltwise_args *a) {
+  PV_CPU_DISPATCH("relu_backward", relu_backward, a->dtype, a->dtype, *a);
+}
+pv_status cpu_add(void *, const pv_eltwise_args *a) {
+  PV_CPU_DISPATCH("add", add, a->dtype, a->dtype, *a);
+}
+pv_status cpu_maxpool_forward(void *, const pv_pool_args *a) {
+  PV_CPU_DISPATCH("maxpool_forward", maxpool_forward, a->dtype, a->dtype, *a);
+}
+pv_status cpu_maxpool_backward(void *, const pv_pool_args *a) {
+  PV_CPU_DISPATCH("maxpool_backward", maxpool_backward, a->dtype, a->dtype, *a);
+}
+pv_status cpu_avgpool_forward(void *, const pv_pool_args *a) {
+  PV_CPU_DISPATCH("global_avgpool_forward", avgpool_forward, a->dtype, a->dtype, *a);
+}
+pv_status cpu_avgpool_backward(void *, const pv_pool_args *a) {
+  PV_CPU_DISPATCH("global_avgpool_backward", avgpool_backward, a->dtype, a->dtype, *a);
+}
+pv_status cpu_linear_forward(void *, const pv_linear_args *a) {
+  PV_CPU_DISPATCH("linear_forward", linear_forward, a->act_dtype, a->param_dtype, *a);
+}
+pv_status cpu_linear_backward(void *, const pv_linear_args *a) {
+  PV_CPU_DISPATCH("linear_backward", linear_backward, a->act_dtype, a->param_dtype, *a);
+}
+
+}  // namespace pv

@@ -1,0 +1,474 @@
+package trainer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/polyview/polyview/bindings"
+	"github.com/polyview/polyview/datasets"
+	"github.com/polyview/polyview/trainer/checkpoint"
+	"github.com/polyview/polyview/trainer/eval"
+	"github.com/polyview/polyview/trainer/gpumon"
+	"github.com/polyview/polyview/trainer/metrics"
+	"github.com/polyview/polyview/trainer/model"
+	"github.com/polyview/polyview/trainer/optim"
+)
+
+// ErrInterrupted is returned (wrapped) when the context ends a run; a
+// checkpoint has been written first.
+var ErrInterrupted = errors.New("training interrupted")
+
+// ErrStopped is returned (wrapped) when -stop-after ends this process's
+// share of a run; a checkpoint has been written first.
+var ErrStopped = errors.New("training stopped after -stop-after steps")
+
+// Result summarises a finished run.
+type Result struct {
+	Steps         int64
+	FinalLoss     float64
+	KNNBefore     float64 // kNN top-1 of the encoder at the run's first step (NaN if not run)
+	KNNAfter      float64 // kNN top-1 at the end (NaN if not run)
+	ViewsPerSec   float64 // mean over the run's timed steps
+	DataWait      float64 // share of step time spent waiting for data
+	LastCkpt      string  // base path of the last checkpoint written
+	Losses        []float64
+	ResumedAtStep int64
+}
+
+// run is the state of one training run.
+type run struct {
+	cfg     Config
+	log     *slog.Logger
+	console io.Writer
+	dev     *bindings.Device
+	model   *model.Model
+	opt     *optim.Optimizer
+	sched   optim.Schedule
+	loss    bindings.Loss
+	recipes []bindings.Recipe
+	train   datasets.Dataset
+	held    datasets.Dataset // nil when no labelled held-out set exists
+	metrics *metrics.Writer
+	gpu     *gpumon.Monitor
+	prof    *profiler
+
+	step, total      int64
+	epoch, batchInEp int
+	stepsPerEpoch    int
+	res              Result
+	knn              []metrics.Point
+}
+
+// Train runs cfg to completion or until ctx ends. Log lines go to log;
+// the start-up table and the progress bar to console.
+func Train(ctx context.Context, cfg Config, log *slog.Logger, console io.Writer) (*Result, error) {
+	r := &run{cfg: cfg, log: log, console: console}
+	r.res.KNNBefore, r.res.KNNAfter = math.NaN(), math.NaN()
+	defer r.close()
+	if err := r.setup(); err != nil {
+		return nil, err
+	}
+	err := r.loop(ctx)
+	r.writePlots()
+	if err != nil {
+		return &r.res, err
+	}
+	return &r.res, nil
+}
+
+func (r *run) close() {
+	if r.prof != nil {
+		r.prof.close()
+	}
+	if r.opt != nil {
+		r.opt.Close()
+	}
+	if r.model != nil {
+		r.model.Close()
+	}
+	if r.metrics != nil {
+		r.metrics.Close()
+	}
+	if r.dev != nil {
+		r.dev.Close()
+	}
+}
+
+// setup resolves the config (a resumed run takes its checkpoint's),
+// opens device and data, builds the model and optimizer and restores
+// state.
+func (r *run) setup() error {
+	var resumeTensors map[string]checkpoint.Tensor
+	var resumeState checkpoint.State
+	if r.cfg.Resume != "" {
+		path := r.cfg.Resume
+		if path == "auto" {
+			p, err := checkpoint.Latest(r.cfg.Out)
+			if err != nil && !checkpoint.IsNotExist(err) {
+				return err
+			}
+			path = p
+		}
+		if path != "" {
+			t, st, err := checkpoint.Load(path)
+			if err != nil {
+				return err
+			}
+			if err := r.adoptConfig(st.Config); err != nil {
+				return fmt.Errorf("resume %s: %w", path, err)
+			}
+			resumeTensors, resumeState = t, st
+			r.log.Info("resuming", "checkpoint", path, "step", st.Step, "epoch", st.Epoch,
+				"batch", st.BatchInEpoch)
+		}
+	}
+	if err := r.cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := os.MkdirAll(r.cfg.Out, 0o755); err != nil {
+		return err
+	}
+	if err := r.open(); err != nil {
+		return err
+	}
+	if resumeTensors != nil {
+		if err := r.restore(resumeTensors, resumeState, true); err != nil {
+			return err
+		}
+	} else if r.cfg.InitFrom != "" {
+		t, st, err := checkpoint.Load(r.cfg.InitFrom)
+		if err != nil {
+			return err
+		}
+		if err := r.restore(t, st, false); err != nil {
+			return err
+		}
+		r.log.Info("initialised weights", "from", r.cfg.InitFrom)
+	}
+	cfgJSON, _ := json.MarshalIndent(r.cfg, "", "  ")
+	if err := os.WriteFile(filepath.Join(r.cfg.Out, "config.json"), cfgJSON, 0o644); err != nil {
+		return err
+	}
+	var err error
+	r.metrics, err = metrics.Open(filepath.Join(r.cfg.Out, "metrics.jsonl"))
+	if err != nil {
+		return err
+	}
+	r.printSummary()
+	return nil
+}
+
+// adoptConfig replaces the run's config with a checkpoint's, keeping only
+// the settings that do not change the computation's result.
+func (r *run) adoptConfig(raw json.RawMessage) error {
+	saved := DefaultConfig()
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&saved); err != nil {
+		return fmt.Errorf("checkpoint config: %v", err)
+	}
+	saved.Out, saved.Resume, saved.InitFrom = r.cfg.Out, r.cfg.Resume, ""
+	saved.Device, saved.Progress, saved.LogEvery = r.cfg.Device, r.cfg.Progress, r.cfg.LogEvery
+	saved.ProfileSteps = r.cfg.ProfileSteps
+	r.cfg = saved
+	return nil
+}
+
+func (r *run) open() error {
+	var err error
+	if r.cfg.Threads > 0 {
+		if err := bindings.SetCPUThreads(r.cfg.Threads); err != nil {
+			return err
+		}
+	}
+	if r.dev, err = bindings.Open(r.cfg.Device, r.log); err != nil {
+		return err
+	}
+	if r.cfg.Precision == "bf16" && !r.dev.IsCUDA() {
+		return fmt.Errorf("-precision bf16 needs a GPU; %s runs fp32", r.dev.Name())
+	}
+	if r.dev.IsCUDA() {
+		if r.gpu, err = gpumon.Open(0); err != nil {
+			r.log.Debug("no GPU readings", "reason", err)
+		}
+	}
+	if r.prof, err = newProfiler(r.cfg, r.dev, r.log); err != nil {
+		return err
+	}
+	obj, _ := bindings.ParseObjective(r.cfg.Objective)
+	r.loss = bindings.Loss{Objective: obj, Tau: r.cfg.Tau}
+	r.recipes, _ = r.cfg.Recipes()
+	if g := bindings.Groups(r.recipes); len(g) != 1 {
+		return fmt.Errorf("-views %q: views of %d different sizes; the trainer runs one size "+
+			"per step (use -views simclr with -m for multi-view at one size)", r.cfg.Views, len(g))
+	}
+
+	dsOpts := datasets.Options{Split: "train", Logger: r.log}
+	if r.train, err = datasets.Open(r.cfg.Data, dsOpts); err != nil {
+		return err
+	}
+	heldPath := r.cfg.EvalData
+	if heldPath == "" {
+		heldPath = r.cfg.Data
+	}
+	dsOpts.Split = "test"
+	if r.held, err = datasets.Open(heldPath, dsOpts); err != nil || r.held.NumClasses() <= 0 {
+		r.log.Warn("no labelled held-out split: the kNN monitor is off", "data", heldPath,
+			"reason", err)
+		r.held = nil
+	}
+	if r.train.Len() < r.cfg.N {
+		return fmt.Errorf("-data %s: %d images, fewer than -n %d", r.train.Source(),
+			r.train.Len(), r.cfg.N)
+	}
+	r.stepsPerEpoch = r.train.Len() / r.cfg.N
+	r.total = int64(r.cfg.Steps)
+	if r.total == 0 {
+		r.total = int64(r.cfg.Epochs * r.stepsPerEpoch)
+	}
+
+	mcfg := model.Config{Arch: r.cfg.Arch, Stem: r.cfg.Stem, Width: r.cfg.Width,
+		HeadDims: r.cfg.HeadDims, ZeroInitResidual: r.cfg.ZeroInit, Seed: r.cfg.Seed}
+	if r.model, err = model.New(r.dev, mcfg); err != nil {
+		return err
+	}
+	ocfg := optim.Config{Name: r.cfg.Optimizer, Momentum: r.cfg.Momentum,
+		WeightDecay: r.cfg.WeightDecay}
+	if r.cfg.Optimizer == "adamw" {
+		ocfg.Momentum, ocfg.Beta1 = 0, r.cfg.Momentum
+	}
+	if r.opt, err = optim.New(ocfg, r.model.Params()); err != nil {
+		return err
+	}
+	r.sched = optim.Schedule{Peak: r.cfg.ScaledLR(), Final: 0, WarmupSteps: r.cfg.WarmupSteps,
+		TotalSteps: int(r.total)}
+	return nil
+}
+
+func (r *run) printSummary() {
+	rows := [][2]string{
+		{"device", r.dev.Name()},
+		{"data", fmt.Sprintf("%s (%d images, %d classes)", r.train.Source(), r.train.Len(),
+			r.train.NumClasses())},
+		{"model", fmt.Sprintf("%s, head %v, %d parameters", r.cfg.Arch, r.cfg.HeadDims,
+			r.model.NumParams())},
+		{"objective", fmt.Sprintf("%s, N=%d, M=%d, tau=%g", r.cfg.Objective, r.cfg.N, r.cfg.M,
+			r.cfg.Tau)},
+		{"views", fmt.Sprintf("%s, %dx%d", r.cfg.Views, r.recipes[0].Height, r.recipes[0].Width)},
+		{"optimizer", fmt.Sprintf("%s, lr %g (%s scaling of %g), wd %g, warmup %d",
+			r.cfg.Optimizer, r.cfg.ScaledLR(), r.cfg.LRScaling, r.cfg.LR, r.cfg.WeightDecay,
+			r.cfg.WarmupSteps)},
+		{"schedule", fmt.Sprintf("%d steps (%d per epoch), from step %d", r.total,
+			r.stepsPerEpoch, r.step)},
+		{"seed", fmt.Sprint(r.cfg.Seed)},
+		{"output", r.cfg.Out},
+	}
+	fmt.Fprintln(r.console, "polyview train")
+	for _, row := range rows {
+		fmt.Fprintf(r.console, "  %-10s %s\n", row[0], row[1])
+	}
+	b, _ := json.Marshal(r.cfg)
+	r.log.Debug("resolved config", "config", string(b))
+}
+
+// loop trains from r.step to r.total.
+func (r *run) loop(ctx context.Context) error {
+	if r.step == 0 {
+		r.res.KNNBefore = r.evalKNN("before")
+	}
+	r.res.ResumedAtStep = r.step
+	bar := newProgress(r.console, r.cfg.Progress, r.total)
+	var viewsTimed float64
+	var timeTimed time.Duration
+	var waitTotal, stepTotal time.Duration
+	for r.step < r.total {
+		loader, err := datasets.NewLoader(r.train, datasets.LoaderConfig{
+			BatchSize: r.cfg.N, Seed: r.cfg.Seed, Epoch: r.epoch, StartBatch: r.batchInEp,
+			Workers: r.cfg.Workers, DropLast: true})
+		if err != nil {
+			return err
+		}
+		for r.step < r.total {
+			stopped := r.cfg.StopAfter > 0 && r.step-r.res.ResumedAtStep >= int64(r.cfg.StopAfter)
+			if ctx.Err() != nil || stopped {
+				loader.Close()
+				bar.done()
+				why := ErrInterrupted
+				if stopped {
+					why = ErrStopped
+				}
+				r.res.Steps = r.step
+				if err := r.checkpoint(); err != nil {
+					return fmt.Errorf("%w at step %d; checkpoint failed: %v", why, r.step, err)
+				}
+				return fmt.Errorf("%w at step %d; checkpoint %s", why, r.step, r.res.LastCkpt)
+			}
+			t0 := time.Now()
+			end := r.dev.Range("data")
+			b, err := loader.Next()
+			end()
+			wait := time.Since(t0)
+			if err != nil {
+				loader.Close()
+				return err
+			}
+			if b == nil {
+				break // epoch done
+			}
+			r.batchInEp = b.Position + 1
+			if len(b.Samples) < 2 {
+				b.Release()
+				continue
+			}
+			r.prof.beforeStep(r.step)
+			loss, err := r.trainStep(b)
+			b.Release()
+			if err != nil {
+				loader.Close()
+				return fmt.Errorf("step %d: %w", r.step, err)
+			}
+			if math.IsNaN(loss) || math.IsInf(loss, 0) {
+				loader.Close()
+				return fmt.Errorf("step %d: loss is %v; stopping with the last good checkpoint "+
+					"(%s) kept", r.step, loss, orNone(r.res.LastCkpt))
+			}
+			r.step++
+			dt := time.Since(t0)
+			if r.step > r.res.ResumedAtStep+1 { // the first step warms up
+				viewsTimed += float64(len(b.Samples) * r.cfg.M)
+				timeTimed += dt
+			}
+			waitTotal += wait
+			stepTotal += dt
+			r.res.FinalLoss = loss
+			r.res.Losses = append(r.res.Losses, loss)
+			vps := float64(len(b.Samples)*r.cfg.M) / dt.Seconds()
+			bar.update(r.step, loss, vps, waitTotal.Seconds()/stepTotal.Seconds())
+			if r.cfg.LogEvery > 0 && r.step%int64(r.cfg.LogEvery) == 0 {
+				r.record(loss, vps, waitTotal.Seconds()/stepTotal.Seconds())
+			}
+			if r.cfg.CkptEvery > 0 && r.step%int64(r.cfg.CkptEvery) == 0 && r.step < r.total {
+				if err := r.checkpoint(); err != nil {
+					loader.Close()
+					return err
+				}
+			}
+		}
+		loader.Close()
+		if r.step < r.total || r.batchInEp >= r.stepsPerEpoch {
+			r.epoch++
+			r.batchInEp = 0
+			if r.cfg.KNNEvery > 0 && r.epoch%r.cfg.KNNEvery == 0 && r.step < r.total {
+				r.evalKNN(fmt.Sprintf("epoch %d", r.epoch))
+			}
+		}
+	}
+	bar.done()
+	if timeTimed > 0 {
+		r.res.ViewsPerSec = viewsTimed / timeTimed.Seconds()
+	}
+	if stepTotal > 0 {
+		r.res.DataWait = waitTotal.Seconds() / stepTotal.Seconds()
+	}
+	r.res.Steps = r.step
+	r.res.KNNAfter = r.evalKNN("after")
+	return r.checkpoint()
+}
+
+// trainStep runs one optimizer step on a batch and returns its loss.
+func (r *run) trainStep(b *datasets.Batch) (float64, error) {
+	n := len(b.Samples)
+	end := r.dev.Range("augment")
+	views, err := augmentSamples(r.dev, b.Samples, r.recipes, r.cfg.Seed, uint64(b.Epoch))
+	end()
+	if err != nil {
+		return 0, fmt.Errorf("views: %w", err)
+	}
+	defer views.Close()
+	end = r.dev.Range("forward")
+	h, err := r.model.ForwardViews(views, r.cfg.M)
+	end()
+	if err != nil {
+		return 0, err
+	}
+	dh, err := r.dev.NewTensor(h.DType(), n, r.cfg.M, r.model.OutDim)
+	if err != nil {
+		return 0, err
+	}
+	defer dh.Close()
+	end = r.dev.Range("loss")
+	loss, err := r.loss.ForwardBackward(h, dh)
+	end()
+	if err != nil {
+		return 0, err
+	}
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return loss, nil
+	}
+	end = r.dev.Range("backward")
+	err = r.model.Backward(dh)
+	end()
+	if err != nil {
+		return 0, err
+	}
+	end = r.dev.Range("optimizer")
+	defer end()
+	return loss, r.opt.Step(r.sched.LR(int(r.step)))
+}
+
+func (r *run) record(loss, vps, wait float64) {
+	rec := metrics.Record{Kind: "step", Step: r.step, Epoch: r.epoch, Loss: loss,
+		LR: r.sched.LR(int(r.step - 1)), ViewsPerSec: vps, ImagesPerSec: vps / float64(r.cfg.M),
+		DataWait: wait, GPU: r.gpu.Read()}
+	if err := r.metrics.Write(rec); err != nil {
+		r.log.Warn("metrics", "err", err)
+	}
+	if !r.cfg.Progress {
+		r.log.Info("step", "step", r.step, "loss", fmt.Sprintf("%.4f", loss),
+			"lr", fmt.Sprintf("%.4g", rec.LR), "views/s", fmt.Sprintf("%.0f", vps),
+			"data_wait", fmt.Sprintf("%.1f%%", 100*wait))
+	}
+}
+
+// evalKNN measures the encoder with the kNN monitor; NaN when off.
+func (r *run) evalKNN(when string) float64 {
+	if r.held == nil || r.train.NumClasses() <= 0 {
+		return math.NaN()
+	}
+	rec := EvalRecipe(r.recipes[0])
+	r.model.SetTraining(false)
+	defer r.model.SetTraining(true)
+	bank, err := Embed(r.dev, r.model, r.train, rec, r.cfg.KNNBank, 256, false)
+	if err == nil {
+		var query *Embedding
+		if query, err = Embed(r.dev, r.model, r.held, rec, r.cfg.KNNQueries, 256, false); err == nil {
+			var acc float64
+			if acc, err = eval.KNN(bank.Features, query.Features, r.cfg.KNNK, r.cfg.KNNTemp); err == nil {
+				fmt.Fprintf(r.console, "kNN top-1 %s: %.2f%% (k=%d, %d bank, %d queries)\n", when,
+					100*acc, r.cfg.KNNK, bank.Features.N, query.Features.N)
+				r.metrics.Write(metrics.Record{Kind: "eval", Step: r.step, Epoch: r.epoch,
+					KNNTop1: acc})
+				r.knn = append(r.knn, metrics.Point{X: float64(r.step), Y: acc})
+				return acc
+			}
+		}
+	}
+	r.log.Warn("kNN monitor failed", "when", when, "err", err)
+	return math.NaN()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none written yet"
+	}
+	return s
+}
