@@ -114,7 +114,7 @@ func randomInput(rng *rand.Rand, n int) []float64 {
 
 // TestGradientsFiniteDifference compares every objective's dL/dh with
 // central differences in float64. With step 1e-5 the truncation error is
-// O(step^2 * L''') ~ 1e-10 and the rounding error ~ 1e-16 / 1e-5 = 1e-11,
+// O(step^2 * L”') ~ 1e-10 and the rounding error ~ 1e-16 / 1e-5 = 1e-11,
 // so 1e-6 relative to the gradient's largest component is a loose bound
 // that still catches any wrong term (those are O(1/(N M)) or larger).
 func TestGradientsFiniteDifference(t *testing.T) {

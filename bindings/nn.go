@@ -17,12 +17,13 @@ import (
 // Gradients are written, not accumulated. On the CPU all tensors of one
 // call are Float32, or all Float64 for gradient checks.
 
-// tensorArgs resolves the C handles of ts, named by names; a nil tensor
+// tensorArgs resolves the C handles of tensors, named by names; a nil tensor
 // where optional[i] is true becomes NULL.
-func tensorArgs(op string, names []string, optional []bool, ts ...*Tensor) ([]*C.pv_tensor, *Device, error) {
-	out := make([]*C.pv_tensor, len(ts))
+func tensorArgs(op string, names []string, optional []bool,
+	tensors ...*Tensor) ([]*C.pv_tensor, *Device, error) {
+	out := make([]*C.pv_tensor, len(tensors))
 	var dev *Device
-	for i, t := range ts {
+	for i, t := range tensors {
 		if t == nil && optional[i] {
 			continue
 		}

@@ -379,7 +379,8 @@ func TestNNErrors(t *testing.T) {
 		want string
 	}{
 		{Conv2D{Stride: 1, Pad: 1}.Forward(x, w, y), "conv2d_forward: w has 5 input channels, x has 3"},
-		{Conv2D{Stride: 2, Pad: 1}.Forward(x, w3, y), "conv2d_forward: y has shape [2, 8, 8, 4], want [2, 4, 4, 4]"},
+		{Conv2D{Stride: 2, Pad: 1}.Forward(x, w3, y),
+			"conv2d_forward: y has shape [2, 8, 8, 4], want [2, 4, 4, 4]"},
 		{Conv2D{Stride: 0}.Forward(x, w3, y), "stride 0"},
 		{Conv2D{Stride: 1, Pad: 1}.Forward(x64, w3, y), "y has dtype float32, want x's float64"},
 		{LinearForward(x, lw, nil, y), "linear_forward: x has shape [2, 8, 8, 3], want [..., 7]"},

@@ -160,7 +160,8 @@ void block_task_portable(const Job<double> &j, int64_t t, int w) { block_task(j,
 template <typename T>
 void scale_c(int64_t m, int64_t n, T beta, T *c, int64_t ldc) {
   for (int64_t i = 0; i < m; i++)
-    for (int64_t jj = 0; jj < n; jj++) c[i * ldc + jj] = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
+    for (int64_t jj = 0; jj < n; jj++)
+      c[i * ldc + jj] = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
 }
 
 // FMA chains for the peak measurement: 10 independent accumulators hide

@@ -18,21 +18,39 @@
 // Sweep 2 reads the source a second time (through L1/L2), the price of
 // not keeping a whole 224 x 224 view on chip.
 //
-// Launch: on the legacy default stream, which orders the kernel after and
-// before the work of the device's blocking streams; metadata goes through
-// a stream-ordered allocation (a few KB, not in the backend's memory
-// figures).
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
+// Launch: on the context's stream, like every op of the backend; the
+// per-call metadata (images, recipes: a few KB) goes through the
+// context's counted, stream-ordered allocation. With POLYVIEW_CUDA_EMULATE
+// the same code runs on the CPU through cuda/emulate.h
+// (test_augment_emulated.cc).
+#include "common.cuh"  // first: it picks CUDA or cuda/emulate.h
 
-#include <cstdarg>
-#include <cstdio>
+#ifndef POLYVIEW_CUDA_EMULATE
+#include <cuda_bf16.h>
+#define PV_AUG_SHARED(name) extern __shared__ float name[]
+#define PV_AUG_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#else
+// The emulator runs one block at a time: one host buffer is the block's
+// dynamic shared memory.
+#include <vector>
+inline std::vector<float> &pv_aug_emulated_shared() {
+  static std::vector<float> buf;
+  return buf;
+}
+#define PV_AUG_SHARED(name) float *name = pv_aug_emulated_shared().data()
+#define PV_AUG_LAUNCH(kernel, grid, block, smem, stream)            \
+  pv_aug_emulated_shared().assign((size_t)(smem) / sizeof(float), NAN), \
+      ::emu::launch(kernel, grid, block)
+#endif
+
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "augment_cuda.h"
 #include "augment_pixel.h"
 
+namespace pvcuda {
 namespace {
 
 constexpr int kThreads = 256;
@@ -40,28 +58,6 @@ constexpr int kMaxChunkRows = 16;
 // Shared memory the blur rows may take: 96 KB lets two blocks share an
 // SM on sm_90 (228 KB) and one on sm_80.
 constexpr int kSharedBudget = 96 * 1024;
-
-const pv_host_services *g_host = nullptr;
-
-pv_status fail(pv_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-pv_status fail(pv_status st, const char *fmt, ...) {
-  if (!g_host) return st;
-  char buf[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  g_host->set_error(buf);
-  return st;
-}
-
-#define CUDA_TRY(call)                                                                  \
-  do {                                                                                  \
-    cudaError_t err_ = (call);                                                          \
-    if (err_ != cudaSuccess)                                                            \
-      return fail(PV_ERR_BACKEND, "augment: %s failed at %s:%d: %s", #call, __FILE__,    \
-                  __LINE__, cudaGetErrorString(err_));                                  \
-  } while (0)
 
 struct ImageMeta {
   int64_t offset, height, width, channels, index;
@@ -81,6 +77,8 @@ struct KernelArgs {
 };
 
 typedef pv_colour<pv_scalar_math> Colour;
+
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 
 __device__ __forceinline__ void store(float *o, float v) { *o = v; }
 __device__ __forceinline__ void store(__nv_bfloat16 *o, float v) { *o = __float2bfloat16_rn(v); }
@@ -147,16 +145,16 @@ __device__ float block_sum(float x, float *scratch) {
 template <typename OutT>
 __device__ void blur_view(const View &v, const KernelArgs &k, const float *taps, int radius,
                           float mean, OutT *out) {
-  extern __shared__ float rows[];
+  PV_AUG_SHARED(rows);
   const int row_len = v.ow * 3, n_taps = 2 * radius + 1;
   float *chunk = rows;                                // [chunk_rows][row_len]
   float *ring = rows + k.chunk_rows * row_len;       // [ring_rows][row_len]
   int next = 0;  // rows [0, next) are in the ring
   for (int y0 = 0; y0 < v.oh; y0 += k.chunk_rows) {
-    const int y_end = min(v.oh, y0 + k.chunk_rows);
-    const int need = min(v.oh, y_end + radius);
+    const int y_end = imin(v.oh, y0 + k.chunk_rows);
+    const int need = imin(v.oh, y_end + radius);
     while (next < need) {
-      const int cnt = min(k.chunk_rows, need - next);
+      const int cnt = imin(k.chunk_rows, need - next);
       for (int q = threadIdx.x; q < cnt * v.ow; q += blockDim.x) {
         const int row = q / v.ow, x = q % v.ow;
         float *px = chunk + row * row_len + 3 * x;
@@ -251,54 +249,79 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(KernelArgs k) {
   }
 }
 
-// The largest dynamic shared memory a block may have on the current GPU.
-pv_status shared_limit(int *bytes) {
-  int dev = 0;
-  CUDA_TRY(cudaGetDevice(&dev));
-  CUDA_TRY(cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  *bytes -= 4096;  // the kernel's static shared memory, with room
+// The largest dynamic shared memory a block may have on the current GPU,
+// less the kernel's static shared memory (with room).
+pv_status shared_limit(Context *ctx, int *bytes) {
+#ifndef POLYVIEW_CUDA_EMULATE
+  PV_CUDA(cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx->device));
+#else
+  (void)ctx;
+  *bytes = 227 * 1024;  // sm_90's
+#endif
+  *bytes -= 4096;
   return PV_OK;
 }
 
 template <typename OutT>
 pv_status launch(const KernelArgs &k, int64_t blocks, int smem, cudaStream_t stream) {
+#ifndef POLYVIEW_CUDA_EMULATE
   if (smem > 48 * 1024)
-    CUDA_TRY(cudaFuncSetAttribute(augment_kernel<OutT>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  augment_kernel<OutT><<<(unsigned)blocks, kThreads, smem, stream>>>(k);
-  CUDA_TRY(cudaGetLastError());
+    PV_CUDA(cudaFuncSetAttribute(augment_kernel<OutT>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+#endif
+  PV_AUG_LAUNCH(augment_kernel<OutT>, (unsigned)blocks, kThreads, smem, stream)(k);
+  PV_LAUNCHED("augment_kernel");
   return PV_OK;
 }
 
-pv_status cuda_augment(void *, const pv_augment_args *a) {
+// Rows of blur in shared memory for views of width ow whose widest blur
+// has max_radius (-1: no view blurs): a chunk, and a ring of chunk + 2
+// radius rows. Sets *smem to their bytes.
+pv_status blur_rows(Context *ctx, int64_t ow, int max_radius, int *chunk_rows, int *ring_rows,
+                    int *smem) {
+  *chunk_rows = *ring_rows = *smem = 0;
+  if (max_radius < 0) return PV_OK;
+  int limit = 0;
+  pv_status st = shared_limit(ctx, &limit);
+  if (st != PV_OK) return st;
+  const int64_t row_bytes = ow * 3 * (int64_t)sizeof(float);
+  const int64_t budget = limit < kSharedBudget ? limit : kSharedBudget;
+  int rows = kMaxChunkRows;
+  while (rows > 1 && (2 * rows + 2 * max_radius) * row_bytes > budget) rows--;
+  const int64_t need = (2 * rows + 2 * max_radius) * row_bytes;
+  if (need > limit)
+    return fail(PV_ERR_UNSUPPORTED,
+                "augment: blurring %lld-pixel-wide views with %d taps needs %lld bytes of "
+                "shared memory per block, this GPU offers %d", (long long)ow,
+                2 * max_radius + 1, (long long)need, limit);
+  *chunk_rows = rows;
+  *ring_rows = rows + 2 * max_radius;
+  *smem = (int)need;
+  return PV_OK;
+}
+
+// Frees the metadata when the op returns, whatever the path.
+struct Metadata {
+  Context *ctx;
+  void *ptr = nullptr;
+  ~Metadata() { ctx_free(ctx, ptr); }
+};
+
+pv_status augment(void *vctx, const pv_augment_args *a) {
+  Context *ctx = static_cast<Context *>(vctx);
   if (a->n * a->views > 0x7fffffff)
     return fail(PV_ERR_UNSUPPORTED, "augment: %lld views in one call, the GPU takes 2^31 - 1",
                 (long long)(a->n * a->views));
-  const cudaStream_t stream = cudaStreamLegacy;
+  PV_CUDA(cudaSetDevice(ctx->device));
+  const cudaStream_t stream = ctx->stream;
 
-  // Rows of blur in shared memory: a chunk and a ring of chunk + 2 radius.
   int max_radius = -1;
   for (int64_t v = 0; v < a->views; v++)
     if (a->recipes[v].blur_p > 0 && (a->recipes[v].blur_kernel - 1) / 2 > max_radius)
       max_radius = (int)((a->recipes[v].blur_kernel - 1) / 2);
-  int chunk_rows = 0, ring_rows = 0, smem = 0;
-  if (max_radius >= 0) {
-    int limit = 0;
-    pv_status st = shared_limit(&limit);
-    if (st != PV_OK) return st;
-    const int64_t row_bytes = a->out_w * 3 * (int64_t)sizeof(float);
-    const int64_t budget = limit < kSharedBudget ? limit : kSharedBudget;
-    for (chunk_rows = kMaxChunkRows; chunk_rows > 1; chunk_rows--)
-      if ((2 * chunk_rows + 2 * max_radius) * row_bytes <= budget) break;
-    ring_rows = chunk_rows + 2 * max_radius;
-    const int64_t need = (chunk_rows + ring_rows) * row_bytes;
-    if (need > limit)
-      return fail(PV_ERR_UNSUPPORTED,
-                  "augment: blurring %lld-pixel-wide views with %d taps needs %lld bytes of "
-                  "shared memory per block, this GPU offers %d",
-                  (long long)a->out_w, 2 * max_radius + 1, (long long)need, limit);
-    smem = (int)need;
-  }
+  int chunk_rows, ring_rows, smem;
+  pv_status st = blur_rows(ctx, a->out_w, max_radius, &chunk_rows, &ring_rows, &smem);
+  if (st != PV_OK) return st;
 
   // Metadata to the device: images, recipes, log ratios in one buffer.
   const size_t img_bytes = sizeof(ImageMeta) * a->n;
@@ -310,16 +333,18 @@ pv_status cuda_augment(void *, const pv_augment_args *a) {
     meta[i] = {a->offset[i], a->height[i], a->width[i], a->channels[i], a->index[i]};
   memcpy(host.data() + img_bytes, a->recipes, rec_bytes);
   memcpy(host.data() + img_bytes + rec_bytes, a->log_ratio, sizeof(double) * 2 * a->views);
-  void *dev = nullptr;
-  CUDA_TRY(cudaMallocAsync(&dev, total, stream));
+  Metadata dev{ctx};
+  st = ctx_alloc(ctx, (int64_t)total, &dev.ptr, __FILE__, __LINE__);
+  if (st != PV_OK) return st;
   // From pageable memory the copy has read `host` when it returns.
-  cudaError_t err = cudaMemcpyAsync(dev, host.data(), total, cudaMemcpyHostToDevice, stream);
+  PV_CUDA(cudaMemcpyAsync(dev.ptr, host.data(), total, cudaMemcpyHostToDevice, stream));
 
   KernelArgs k;
+  const char *base = static_cast<const char *>(dev.ptr);
   k.pixels = a->pixels_ptr;
-  k.images = static_cast<const ImageMeta *>(dev);
-  k.recipes = reinterpret_cast<const pv_view_recipe *>(static_cast<char *>(dev) + img_bytes);
-  k.log_ratio = reinterpret_cast<const double *>(static_cast<char *>(dev) + img_bytes + rec_bytes);
+  k.images = reinterpret_cast<const ImageMeta *>(base);
+  k.recipes = reinterpret_cast<const pv_view_recipe *>(base + img_bytes);
+  k.log_ratio = reinterpret_cast<const double *>(base + img_bytes + rec_bytes);
   k.first_view = a->first_view;
   k.views = (int)a->views;
   k.seed = a->seed;
@@ -329,24 +354,11 @@ pv_status cuda_augment(void *, const pv_augment_args *a) {
   k.chunk_rows = chunk_rows;
   k.ring_rows = ring_rows;
   k.out = a->out_ptr;
-  pv_status st = PV_OK;
-  if (err != cudaSuccess) {
-    st = fail(PV_ERR_BACKEND, "augment: copy of %zu bytes of metadata: %s", total,
-              cudaGetErrorString(err));
-  } else if (a->out_dtype == PV_BF16) {
-    st = launch<__nv_bfloat16>(k, a->n * a->views, smem, stream);
-  } else {
-    st = launch<float>(k, a->n * a->views, smem, stream);
-  }
-  err = cudaFreeAsync(dev, stream);
-  if (st == PV_OK && err != cudaSuccess)
-    st = fail(PV_ERR_BACKEND, "augment: cudaFreeAsync: %s", cudaGetErrorString(err));
-  return st;
+  if (a->out_dtype == PV_BF16) return launch<__nv_bfloat16>(k, a->n * a->views, smem, stream);
+  return launch<float>(k, a->n * a->views, smem, stream);
 }
 
 }  // namespace
+}  // namespace pvcuda
 
-void pv_cuda_register_augment(pv_backend *table, const pv_host_services *host) {
-  g_host = host;
-  table->augment = cuda_augment;
-}
+void pv_cuda_register_augment(pv_backend *table) { table->augment = pvcuda::augment; }

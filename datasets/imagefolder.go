@@ -1,6 +1,7 @@
 package datasets
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -98,6 +99,7 @@ func isImageName(name string) bool {
 	return false
 }
 
+// The Dataset methods; Dataset states their contracts.
 func (d *folderDataset) Format() Format       { return FormatImageFolder }
 func (d *folderDataset) Source() string       { return d.root }
 func (d *folderDataset) Len() int             { return len(d.files) }
@@ -126,7 +128,8 @@ func (d *folderDataset) fileOf(i int) string {
 	return filepath.Join(d.root, filepath.FromSlash(d.files[i]))
 }
 
-// readCapped reads a whole file that must not exceed limit bytes.
+// readCapped reads a whole file that must not exceed limit bytes. The size is checked
+// before reading and again while reading, in case the file grows.
 func readCapped(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -141,27 +144,12 @@ func readCapped(path string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%d bytes: more than the %d-byte limit per image",
 			info.Size(), limit)
 	}
-	data := make([]byte, 0, info.Size())
-	data, err = readAllInto(f, data, limit)
-	return data, err
-}
-
-// readAllInto appends r's content to buf, failing once more than limit bytes arrive.
-func readAllInto(r io.Reader, buf []byte, limit int64) ([]byte, error) {
-	for {
-		if int64(len(buf)) > limit {
-			return nil, fmt.Errorf("more than the %d-byte limit per image", limit)
-		}
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
+	buf := bytes.NewBuffer(make([]byte, 0, info.Size()+bytes.MinRead))
+	if _, err := buf.ReadFrom(io.LimitReader(f, limit+1)); err != nil {
+		return nil, err
 	}
+	if int64(buf.Len()) > limit {
+		return nil, fmt.Errorf("more than the %d-byte limit per image", limit)
+	}
+	return buf.Bytes(), nil
 }

@@ -47,7 +47,8 @@ type LoaderConfig struct {
 	ShuffleBuffer int
 
 	// Sequential turns shuffling off (for evaluation): indexed datasets are read in
-	// index order, shards in name order without a shuffle buffer.
+	// index order; shards are dealt to workers in name order and read without a
+	// shuffle buffer (with several workers, batches of different shards alternate).
 	Sequential bool
 
 	// DropLast leaves out a final batch (per worker, for shards) that would hold fewer

@@ -65,6 +65,7 @@ func FromArrays(name string, h, w, c int, pix []byte, labels []int, numClasses i
 	return ds, nil
 }
 
+// The Dataset methods; Dataset states their contracts.
 func (d *memoryDataset) Format() Format       { return d.format }
 func (d *memoryDataset) Source() string       { return d.source }
 func (d *memoryDataset) Len() int             { return d.n }

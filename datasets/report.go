@@ -15,6 +15,7 @@ type SampleError struct {
 	Err  error
 }
 
+// Error reads "file: key: problem" (without the key when a whole shard is affected).
 func (e *SampleError) Error() string {
 	if e.Key == "" {
 		return fmt.Sprintf("%s: %v", e.File, e.Err)
@@ -22,6 +23,7 @@ func (e *SampleError) Error() string {
 	return fmt.Sprintf("%s: %s: %v", e.File, e.Key, e.Err)
 }
 
+// Unwrap returns the underlying problem.
 func (e *SampleError) Unwrap() error { return e.Err }
 
 // Stats counts what a Loader delivered and left out (or, from Dataset.Stats, what Open

@@ -208,6 +208,7 @@ func checkLabel(label, limit int) error {
 	return nil
 }
 
+// The Dataset methods; Dataset states their contracts.
 func (d *shardDataset) Format() Format       { return FormatWebDataset }
 func (d *shardDataset) Len() int             { return d.total }
 func (d *shardDataset) NumClasses() int      { return d.numClasses }

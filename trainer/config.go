@@ -22,26 +22,26 @@ type Config struct {
 	Data     string `json:"data"`      // dataset path; "" or "mnist" is the built-in MNIST
 	EvalData string `json:"eval_data"` // held-out set for kNN; "" uses the test split of Data
 
-	Arch      string `json:"arch"`       // convnet, resnet18, resnet34, resnet50
-	Stem      string `json:"stem"`       // cifar or imagenet (ResNets)
-	Width     int    `json:"width"`      // ConvNet base width
-	HeadDims  []int  `json:"head_dims"`  // projection head widths, 2 or 3 layers
-	ZeroInit  bool   `json:"zero_init"`  // zero last BN scale of each residual block
-	Objective string `json:"objective"`  // simclr, multicrop, gpvc, apvc, suffstats, mvinfonce, mvdhel
-	N         int    `json:"n"`          // images per step
-	M         int    `json:"m"`          // views per image
+	Arch      string  `json:"arch"`      // convnet, resnet18, resnet34, resnet50
+	Stem      string  `json:"stem"`      // cifar or imagenet (ResNets)
+	Width     int     `json:"width"`     // ConvNet base width
+	HeadDims  []int   `json:"head_dims"` // projection head widths, 2 or 3 layers
+	ZeroInit  bool    `json:"zero_init"` // zero last BN scale of each residual block
+	Objective string  `json:"objective"` // simclr, multicrop, gpvc, apvc, suffstats, mvinfonce, mvdhel
+	N         int     `json:"n"`         // images per step
+	M         int     `json:"m"`         // views per image
 	Tau       float64 `json:"tau"`
-	Views     string  `json:"views"`      // recipe: simclr, simclr-cifar, mnist, byol, multicrop:GxS,LxS
-	ViewSize  int     `json:"view_size"`  // output side of the views (multicrop gives its own)
+	Views     string  `json:"views"`     // recipe: simclr, simclr-cifar, mnist, byol, multicrop:GxS,LxS
+	ViewSize  int     `json:"view_size"` // output side of the views (multicrop gives its own)
 
-	Optimizer   string  `json:"optimizer"`    // lars, sgd, adamw
-	LR          float64 `json:"lr"`           // base learning rate, before scaling
-	LRScaling   string  `json:"lr_scaling"`   // linear (lr * N*M/256), sqrt, none
+	Optimizer   string  `json:"optimizer"`  // lars, sgd, adamw
+	LR          float64 `json:"lr"`         // base learning rate, before scaling
+	LRScaling   string  `json:"lr_scaling"` // linear (lr * N*M/256), sqrt, none
 	Momentum    float64 `json:"momentum"`
 	WeightDecay float64 `json:"weight_decay"`
 	WarmupSteps int     `json:"warmup_steps"`
-	Epochs      int     `json:"epochs"`       // used when Steps is 0
-	Steps       int     `json:"steps"`        // total optimizer steps; 0 means Epochs worth
+	Epochs      int     `json:"epochs"` // used when Steps is 0
+	Steps       int     `json:"steps"`  // total optimizer steps; 0 means Epochs worth
 
 	Precision string `json:"precision"` // fp32, or bf16 (GPU)
 	Device    string `json:"device"`    // auto, cpu, cuda, cuda:N
@@ -55,8 +55,8 @@ type Config struct {
 	Resume    string `json:"resume"`     // "", "auto" (latest in Out) or a checkpoint path
 	InitFrom  string `json:"init_from"`  // load weights only from this checkpoint
 
-	LogEvery   int     `json:"log_every"`   // steps between log lines and metrics records
-	KNNEvery   int     `json:"knn_every"`   // epochs between kNN evaluations; 0 = start and end
+	LogEvery   int     `json:"log_every"` // steps between log lines and metrics records
+	KNNEvery   int     `json:"knn_every"` // epochs between kNN evaluations; 0 = start and end
 	KNNK       int     `json:"knn_k"`
 	KNNTemp    float64 `json:"knn_temp"`
 	KNNBank    int     `json:"knn_bank"`    // training images in the kNN bank (0 = all)
@@ -66,8 +66,8 @@ type Config struct {
 	// StopAfter ends this process's share of the run after that many steps
 	// with a checkpoint, for time-sliced or preemptible jobs; -resume auto
 	// continues. 0 runs to the end. Not part of the run's identity.
-	StopAfter int `json:"-"`
-	Progress     bool   `json:"progress"`      // progress bar on a terminal
+	StopAfter int  `json:"-"`
+	Progress  bool `json:"progress"` // progress bar on a terminal
 }
 
 // DefaultConfig is the built-in run: the small ConvNet on MNIST on the CPU

@@ -1,7 +1,9 @@
 package trainer
 
 import (
+	"errors"
 	"fmt"
+	"io"
 
 	"github.com/polyview/polyview/bindings"
 	"github.com/polyview/polyview/datasets"
@@ -51,11 +53,11 @@ func Embed(dev *bindings.Device, m *model.Model, ds datasets.Dataset, recipe bin
 	out := &Embedding{Features: &eval.Features{Dim: dim, Classes: ds.NumClasses()}}
 	for out.Features.N < n {
 		b, err := loader.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
 		if err != nil {
 			return nil, fmt.Errorf("embed %s: %w", ds.Source(), err)
-		}
-		if b == nil {
-			break
 		}
 		take := min(len(b.Samples), n-out.Features.N)
 		rows, err := embedBatch(dev, m, b.Samples[:take], recipe, head)

@@ -317,12 +317,12 @@ func (r *run) loop(ctx context.Context) error {
 			b, err := loader.Next()
 			end()
 			wait := time.Since(t0)
+			if errors.Is(err, io.EOF) {
+				break // epoch done
+			}
 			if err != nil {
 				loader.Close()
 				return err
-			}
-			if b == nil {
-				break // epoch done
 			}
 			r.batchInEp = b.Position + 1
 			if len(b.Samples) < 2 {

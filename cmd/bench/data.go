@@ -30,7 +30,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -119,9 +118,12 @@ func runData(args []string) error {
 	fmt.Printf("bench data: %d CIFAR-10 shards from %s, batch %d, %d workers, "+
 		"step %v, GOMAXPROCS %d\n\n", len(shards), f.dataDir, f.batch, f.workers, f.step,
 		runtime.GOMAXPROCS(0))
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "format\tsamples\topen s\timg/s 1 worker\timg/s %d workers\t"+
-		"img/CPU-s\twait share\twait ms/step\tskipped\t\n", f.workers)
+	// Rows print as they are measured, so the columns have fixed widths.
+	const rowFormat = "%-12s %8v %7v %10v %10v %10v %7v %8v %7v\n"
+	fmt.Printf(rowFormat, "format", "samples", "open s", "img/s", "img/s", "img/CPU-s",
+		"wait", "wait ms", "skipped")
+	fmt.Printf(rowFormat, "", "", "", "1 worker", fmt.Sprintf("%d workers", f.workers),
+		"", "share", "per step", "")
 	for _, format := range f.formats {
 		path, err := prepareFormat(format, shards, f)
 		if err != nil {
@@ -132,10 +134,10 @@ func runData(args []string) error {
 			return fmt.Errorf("%s: %w", format, err)
 		}
 		report.Rows = append(report.Rows, row)
-		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.0f\t%.0f\t%.0f\t%.3f\t%.2f\t%d\t\n", row.Format,
-			row.Samples, row.OpenSeconds, row.OneWorkerRate, row.Rate, row.PerCPUSecond,
-			row.WaitShare, row.WaitMillisStep, row.Skipped)
-		tw.Flush()
+		fmt.Printf(rowFormat, row.Format, row.Samples, fmt.Sprintf("%.2f", row.OpenSeconds),
+			fmt.Sprintf("%.0f", row.OneWorkerRate), fmt.Sprintf("%.0f", row.Rate),
+			fmt.Sprintf("%.0f", row.PerCPUSecond), fmt.Sprintf("%.3f", row.WaitShare),
+			fmt.Sprintf("%.2f", row.WaitMillisStep), row.Skipped)
 	}
 
 	if f.jsonPath != "" {
