@@ -271,8 +271,9 @@ func LinearBackward(x, w, dy, dx, dw, db *Tensor) error {
 	return err
 }
 
-// CPUFMAPeak measures one CPU thread's float32 multiply-add peak in
-// GFLOP/s (about 50 ms), the yardstick for GEMM efficiency.
+// CPUFMAPeak measures the float32 multiply-add peak in GFLOP/s of
+// CPUThreads() threads running at once (about 0.2 s), the yardstick for
+// GEMM efficiency.
 func CPUFMAPeak() (float64, error) {
 	var g C.double
 	err := call("cpu fma peak", func() C.pv_status { return C.pv_cpu_fma_peak(&g) })

@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -14,6 +15,24 @@ import (
 // only on a real mistake.
 
 const fdStep, fdTol = 1e-5, 1e-6
+
+var (
+	nnDev     *Device
+	nnDevOnce sync.Once
+	nnDevErr  error
+)
+
+// nnDevice is one CPU device for all of this file's tests, never closed:
+// the tests leave their many small tensors to the garbage collector, and
+// a tensor must not outlive its device.
+func nnDevice(t testing.TB) *Device {
+	t.Helper()
+	nnDevOnce.Do(func() { nnDev, nnDevErr = Open("cpu", nil) })
+	if nnDevErr != nil {
+		t.Fatal(nnDevErr)
+	}
+	return nnDev
+}
 
 // fdCase is one op under test: inputs with shapes, the forward pass that
 // returns the output and the backward pass that returns one gradient per
@@ -194,7 +213,7 @@ func bnCase(name string, x []int, training bool) fdCase {
 }
 
 func TestNNGradients(t *testing.T) {
-	dev := cpuDevice(t)
+	dev := nnDevice(t)
 	pool := MaxPool{Kernel: 3, Stride: 2, Pad: 1}
 	cases := []fdCase{
 		convCase("conv3x3", []int{2, 5, 6, 3}, []int{4, 3, 3, 3}, 1, 1),
@@ -264,7 +283,7 @@ func TestNNGradients(t *testing.T) {
 
 // TestNNAdd checks the residual join's values, in place included.
 func TestNNAdd(t *testing.T) {
-	dev := cpuDevice(t)
+	dev := nnDevice(t)
 	a := mustF64(t, dev, []float64{1, 2, 3, 4}, 2, 2)
 	b := mustF64(t, dev, []float64{0.5, -2, 10, 1e-3}, 2, 2)
 	if err := Add(a, b, a); err != nil {
@@ -323,7 +342,7 @@ func toF32(v []float64) []float32 {
 // terms: about sqrt(RSC) * 6e-8 * |terms| ~ 1e-5 at these sizes; 1e-4
 // relative to the output's scale leaves margin.
 func TestConvFloat32(t *testing.T) {
-	dev := cpuDevice(t)
+	dev := nnDevice(t)
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, tc := range []struct {
 		xs, ws      []int
@@ -367,7 +386,7 @@ func TestConvFloat32(t *testing.T) {
 // TestNNErrors checks that bad shapes fail with messages naming the op,
 // the argument and the problem.
 func TestNNErrors(t *testing.T) {
-	dev := cpuDevice(t)
+	dev := nnDevice(t)
 	x := mustNew(t, dev, Float32, 2, 8, 8, 3)
 	w := mustNew(t, dev, Float32, 4, 3, 3, 5)
 	y := mustNew(t, dev, Float32, 2, 8, 8, 4)
@@ -398,7 +417,7 @@ func TestNNErrors(t *testing.T) {
 // for the weight gradient's GEMM to split its depth across threads.
 // Tolerance as in TestConvFloat32: sums of 1024 float32 products.
 func TestConvBackwardFloat32(t *testing.T) {
-	dev := cpuDevice(t)
+	dev := nnDevice(t)
 	if err := SetCPUThreads(2); err != nil {
 		t.Fatal(err)
 	}
@@ -453,6 +472,64 @@ func TestConvBackwardFloat32(t *testing.T) {
 		for i := range tc.want {
 			if math.Abs(tc.got[i]-tc.want[i]) > 1e-4*scale {
 				t.Fatalf("%s[%d] = %g, want %g", tc.name, i, tc.got[i], tc.want[i])
+			}
+		}
+	}
+}
+
+// TestLinearFloat32 checks the float32 linear op, forward and backward,
+// against float64 sums on shapes that cross every blocking boundary of
+// the GEMM: out > 3072 columns (two B blocks), in > 256 (two depth
+// blocks), ragged 6-row and 16-column edges, and a weight gradient whose
+// depth (the rows) is split across threads. Tolerance as for convolution.
+func TestLinearFloat32(t *testing.T) {
+	dev := nnDevice(t)
+	r := rand.New(rand.NewPCG(8, 9))
+	for _, s := range [][3]int{{50, 300, 3090}, {1100, 37, 21}} {
+		rows, in, out := s[0], s[1], s[2]
+		x, w, b, dy := randSlice(r, rows*in), randSlice(r, out*in), randSlice(r, out),
+			randSlice(r, rows*out)
+		for _, v := range [][]float64{x, w, b, dy} {
+			for i := range v {
+				v[i] = float64(float32(v[i]))
+			}
+		}
+		y, dx, dw := make([]float64, rows*out), make([]float64, rows*in), make([]float64, out*in)
+		for i := 0; i < rows; i++ {
+			for o := 0; o < out; o++ {
+				acc := b[o]
+				for k := 0; k < in; k++ {
+					acc += x[i*in+k] * w[o*in+k]
+					dx[i*in+k] += dy[i*out+o] * w[o*in+k]
+					dw[o*in+k] += dy[i*out+o] * x[i*in+k]
+				}
+				y[i*out+o] = acc
+			}
+		}
+		xt, _ := dev.FromFloat32(toF32(x), rows, in)
+		wt, _ := dev.FromFloat32(toF32(w), out, in)
+		bt, _ := dev.FromFloat32(toF32(b), out)
+		dyt, _ := dev.FromFloat32(toF32(dy), rows, out)
+		yt, dxt := mustNew(t, dev, Float32, rows, out), mustNew(t, dev, Float32, rows, in)
+		dwt, dbt := mustNew(t, dev, Float32, out, in), mustNew(t, dev, Float32, out)
+		if err := LinearForward(xt, wt, bt, yt); err != nil {
+			t.Fatal(err)
+		}
+		if err := LinearBackward(xt, wt, dyt, dxt, dwt, dbt); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			name      string
+			got, want []float64
+		}{{"y", readF64(t, yt), y}, {"dx", readF64(t, dxt), dx}, {"dw", readF64(t, dwt), dw}} {
+			scale := 0.0
+			for _, v := range c.want {
+				scale = math.Max(scale, math.Abs(v))
+			}
+			for i := range c.want {
+				if math.Abs(c.got[i]-c.want[i]) > 1e-4*scale {
+					t.Fatalf("%v %s[%d] = %g, want %g", s, c.name, i, c.got[i], c.want[i])
+				}
 			}
 		}
 	}

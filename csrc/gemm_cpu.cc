@@ -251,8 +251,11 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   for (j.jc = 0; j.jc < n; j.jc += kNC) {
     j.nc = std::min(kNC, n - j.jc);
     const int64_t slivers = ceil_div(j.nc, NR);
-    // Enough tasks for about three per worker, so uneven ones balance.
-    const int64_t want = std::min(slivers, ceil_div(3 * workers, mblocks));
+    // About eight tasks per worker, so that uneven ones balance, but no
+    // column chunk under 4 slivers: each task repacks its A block, which
+    // then costs about 1% of the task's multiply-adds.
+    const int64_t want =
+        std::max<int64_t>(1, std::min(ceil_div(slivers, 4), ceil_div(8 * workers, mblocks)));
     j.col_chunk = ceil_div(slivers, want) * NR;
     j.col_tasks = ceil_div(j.nc, j.col_chunk);
     for (j.pc = 0; j.pc < k; j.pc += kKC) {

@@ -17,9 +17,9 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
           int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc);
 
-// Single-thread float32 multiply-add throughput in GFLOP/s (an FMA counts
-// as 2), measured with register-resident chains on the widest unit the
-// kernels use: the peak that gemm's efficiency is reported against.
+// The calling thread's float32 multiply-add throughput in GFLOP/s (an FMA
+// counts as 2), measured with register-resident chains on the widest unit
+// the kernels use (about 50 ms): pv_cpu_fma_peak sums it over threads.
 double cpu_fma_peak_gflops();
 
 // True when the processor has AVX2 and FMA (the kernels' fast path).

@@ -113,28 +113,29 @@ PV_HD double pv_image_terms(pv_objective obj, int m, int64_t n, double big_k,
     double lam = -INFINITY;
     for (int b = 0; b < m; b++) lam = pv_logaddexp(lam, (double)lva[b]);
 
-    double logz[PV_MAX_VIEWS], l[PV_MAX_VIEWS], wb[PV_MAX_VIEWS];
+    // Two scratch rows (1 KiB of stack at most): on the GPU every thread
+    // of the terms kernel reserves it, so l = logz - P is not stored.
+    double logz[PV_MAX_VIEWS], wb[PV_MAX_VIEWS];
     for (int b = 0; b < m; b++) {
       if (b == a) continue;
       if (obj == PV_OBJ_MULTICROP)
         logz[b] = pv_logaddexp3((double)pa[b], (double)lva[a], (double)lva[b]);
       else
         logz[b] = pv_logaddexp((double)pa[b], lam);
-      l[b] = logz[b] - (double)pa[b];
     }
     if (obj == PV_OBJ_APVC) {
       /* Soft maximum over positives; its softmax weights the gradient. */
       double lse = -INFINITY;
       for (int b = 0; b < m; b++)
-        if (b != a) lse = pv_logaddexp(lse, l[b]);
+        if (b != a) lse = pv_logaddexp(lse, logz[b] - (double)pa[b]);
       loss += (lse - log((double)(m - 1))) / rows;
       for (int b = 0; b < m; b++)
-        if (b != a) wb[b] = exp(l[b] - lse) / rows;
+        if (b != a) wb[b] = exp(logz[b] - (double)pa[b] - lse) / rows;
     } else {
       for (int b = 0; b < m; b++)
         if (b != a) {
           wb[b] = w_pair;
-          loss += w_pair * l[b];
+          loss += w_pair * (logz[b] - (double)pa[b]);
         }
     }
 

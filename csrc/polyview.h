@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever the backend table or an argument struct changes. */
-#define PV_ABI_VERSION 1
+#define PV_ABI_VERSION 2
 
 typedef enum pv_status {
   PV_OK = 0,
@@ -411,9 +411,10 @@ typedef struct pv_optim_desc {
 pv_status pv_optimizer_step(pv_device *dev, const pv_optim_desc *desc, pv_tensor *param,
                             const pv_tensor *grad, pv_tensor *state0, pv_tensor *state1);
 
-/* The CPU backend's float32 multiply-add peak of one thread in GFLOP/s,
- * measured (about 50 ms), the yardstick for the GEMM's efficiency. */
-pv_status pv_cpu_fma_peak(double *gflops_per_thread);
+/* The CPU backend's float32 multiply-add peak in GFLOP/s with
+ * pv_cpu_threads() threads busy at once, measured (about 0.2 s): the
+ * yardstick for the GEMM's efficiency. */
+pv_status pv_cpu_fma_peak(double *gflops);
 
 #ifdef __cplusplus
 }

@@ -6,11 +6,16 @@
 //
 // With no driver or no GPU every entry still returns: device_count says 0
 // and device_init fails with a message that says what is missing.
+#include <dlfcn.h>
+
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <new>
 
+#include <nvtx3/nvToolsExt.h>
+
+#include "augment_cuda.h"
 #include "common.cuh"
 
 namespace pvcuda {
@@ -40,6 +45,19 @@ pv_status guarded(const char *op, F body) {
 
 Context *as_ctx(void *p) { return static_cast<Context *>(p); }
 
+// The CUDA runtime reports a missing driver as an "insufficient" one; say
+// which it is. Writes "" when libcuda.so.1 loads.
+void driver_note(char *buf, size_t cap) {
+  buf[0] = 0;
+  void *lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (lib) {
+    dlclose(lib);
+    return;
+  }
+  const char *why = dlerror();
+  snprintf(buf, cap, "; no NVIDIA driver is installed (%s)", why ? why : "libcuda.so.1");
+}
+
 // ---- devices ---------------------------------------------------------------
 
 pv_status device_count(int *count) {
@@ -63,8 +81,10 @@ pv_status device_init(int index, void **out, char *name, int name_cap) {
   cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) {
     cudaGetLastError();
-    return fail(PV_ERR_UNAVAILABLE, "cuda: cannot open GPU %d: %s (%s)", index,
-                cudaGetErrorString(err), cudaGetErrorName(err));
+    char note[512] = "";
+    if (err == cudaErrorInsufficientDriver) driver_note(note, sizeof note);
+    return fail(PV_ERR_UNAVAILABLE, "cuda: cannot open GPU %d: %s (%s)%s", index,
+                cudaGetErrorString(err), cudaGetErrorName(err), note);
   }
   if (index < 0 || index >= n)
     return fail(PV_ERR_UNAVAILABLE, "cuda: no GPU %d: this machine has %d", index, n);
@@ -278,6 +298,39 @@ void ctx_free(Context *ctx, void *ptr) {
 
 }  // namespace pvcuda
 
+// cuda_profiler_api.h is not in every toolkit wheel; cudart has the calls.
+extern "C" cudaError_t cudaProfilerStart(void);
+extern "C" cudaError_t cudaProfilerStop(void);
+
+namespace pvcuda {
+
+// Nsight's --capture-range=cudaProfilerApi records between these calls.
+pv_status profiler_set(void *p, int on) {
+  auto *ctx = static_cast<Context *>(p);
+  cudaSetDevice(ctx->device);
+  cudaError_t err = on ? cudaProfilerStart() : cudaProfilerStop();
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return fail(PV_ERR_BACKEND, "cuda: %s on GPU %d: %s",
+                on ? "cudaProfilerStart" : "cudaProfilerStop", ctx->device,
+                cudaGetErrorString(err));
+  }
+  return PV_OK;
+}
+
+// NVTX ranges cost a few hundred nanoseconds without a tool attached.
+pv_status range_push(void *, const char *name) {
+  nvtxRangePushA(name);
+  return PV_OK;
+}
+
+pv_status range_pop(void *) {
+  nvtxRangePop();
+  return PV_OK;
+}
+
+}  // namespace pvcuda
+
 extern "C" __attribute__((visibility("default"))) pv_status pv_backend_entry(
     int abi_version, const pv_host_services *host, pv_backend *table) {
   using namespace pvcuda;
@@ -297,10 +350,14 @@ extern "C" __attribute__((visibility("default"))) pv_status pv_backend_entry(
   table->synchronize = synchronize;
   table->memory = memory;
   table->reset_peak = reset_peak;
+  table->profiler_set = profiler_set;
+  table->range_push = range_push;
+  table->range_pop = range_pop;
   table->alloc = alloc;
   table->free = free_op;
   table->copy_h2d = copy_h2d;
   table->copy_d2h = copy_d2h;
   table->loss = loss_op;
+  pv_cuda_register_augment(table);
   return PV_OK;
 }

@@ -268,7 +268,11 @@ inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v)
   return old;
 }
 
-// ---- wmma: whole tiles per lane ------------------------------------------------------
+// ---- wmma: whole tiles, computed by lane 0 ------------------------------------------
+//
+// A fragment holds the whole tile, but only lane 0's copy is ever
+// observable (it alone stores), so the other lanes skip the work: that
+// keeps a tensor-core kernel as cheap to emulate as the fp32 one.
 
 namespace nvcuda {
 namespace wmma {
@@ -290,12 +294,14 @@ struct fragment {
 
 template <typename F>
 inline void fill_fragment(F &f, float v) {
+  if (emu::lane() != 0) return;
   for (int e = 0; e < 256; e++) f.x[e] = v;
 }
 
 template <typename T>
 inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major> &f, const T *p,
                              unsigned ldm) {
+  if (emu::lane() != 0) return;
   for (int r = 0; r < 16; r++)
     for (int c = 0; c < 16; c++) f.x[r * 16 + c] = p[r * ldm + c];
 }
@@ -303,6 +309,7 @@ inline void load_matrix_sync(fragment<matrix_a, 16, 16, 16, T, row_major> &f, co
 template <typename T>
 inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, row_major> &f, const T *p,
                              unsigned ldm) {
+  if (emu::lane() != 0) return;
   for (int k = 0; k < 16; k++)
     for (int c = 0; c < 16; c++) f.x[k * 16 + c] = p[k * ldm + c];
 }
@@ -310,6 +317,7 @@ inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, row_major> &f, co
 template <typename T>
 inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, col_major> &f, const T *p,
                              unsigned ldm) {
+  if (emu::lane() != 0) return;
   for (int k = 0; k < 16; k++)
     for (int c = 0; c < 16; c++) f.x[k * 16 + c] = p[c * ldm + k];
 }
@@ -319,6 +327,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
                      const fragment<matrix_a, 16, 16, 16, T, LA> &a,
                      const fragment<matrix_b, 16, 16, 16, T, LB> &b,
                      const fragment<accumulator, 16, 16, 16, float> &c) {
+  if (emu::lane() != 0) return;
   float out[256];
   for (int r = 0; r < 16; r++)
     for (int col = 0; col < 16; col++) {
@@ -331,8 +340,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
   std::memcpy(d.x, out, sizeof out);
 }
 
-// Every lane holds the tile; lane 0 writes it (the kernels read it only
-// after a barrier).
+// Lane 0 writes the tile (the kernels read it only after a barrier).
 inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
                               unsigned ldm, layout_t) {
   if (emu::lane() != 0) return;

@@ -23,6 +23,16 @@
 // (so results track the CPU's float32 closely); bfloat16 inputs use bf16
 // tensor cores (wmma 16x16x16, fp32 accumulation). S, the LSEs and G stay
 // fp32 on both; the loss is summed in double.
+//
+// Sizes: a CTA of 256 threads owns a 64 x 64 tile of S, staged in k-chunks
+// of 32 columns; the gradient CTA owns 64 rows x 128 columns of dZ. Shared
+// memory: 17 KB (stats), 37 KB (grad), so several CTAs fit an SM. Known
+// costs, to measure before changing: S is computed for both (I, J) and
+// (J, I) (2x the CPU's multiply-adds), again per 128-column slice of dZ
+// when d > 128, and operands are staged without cp.async double buffering.
+// terms_kernel inherits 2 KB of per-thread stack from pv_image_terms'
+// fixed-size scratch arrays, which makes the driver reserve that much local
+// memory for every resident thread of the GPU (~0.5 GB on an H200).
 #include "common.cuh"  // first: it picks CUDA or cuda/emulate.h
 
 #ifndef POLYVIEW_CUDA_EMULATE

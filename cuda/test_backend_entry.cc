@@ -54,8 +54,8 @@ int main(int argc, char **argv) {
         "names itself cuda with the right version");
   check(table.device_count && table.device_init && table.device_release && table.synchronize &&
             table.memory && table.reset_peak && table.alloc && table.free && table.copy_h2d &&
-            table.copy_d2h && table.loss,
-        "fills every op of the table");
+            table.copy_d2h && table.loss && table.augment,
+        "fills every op it implements (loss, augment)");
 
   int count = -1;
   g_error.clear();

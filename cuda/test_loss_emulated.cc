@@ -10,6 +10,7 @@
 #define POLYVIEW_CUDA_EMULATE 1
 #include "loss_cuda.cu"  // the kernels under test, compiled as C++
 
+#include <chrono>
 #include <cstdarg>
 #include <cstdlib>
 #include <string>
@@ -205,35 +206,67 @@ void report(bool ok, const std::string &what) {
 
 const char *kNames[] = {"simclr", "multicrop", "gpvc", "apvc", "suffstats", "mvinfonce", "mvdhel"};
 
-// Tolerances (relative; gradients as ||got - want|| / ||want||):
-//  f32        fp32 S, LSE and G against float64: a dot product of unit
-//             vectors is good to ~sqrt(d) 2^-24, times 1/tau <= 10, and
-//             sums of <= R terms add ~R 2^-24: 1e-5 on the loss, 1e-4 on
-//             the gradient (whose entries are sums that nearly cancel).
-//  exact      bf16 inputs normalising exactly: the same fp32 error plus G
-//             split into hi + lo bf16 (2^-16 relative per entry): 1e-5 and
-//             1e-3.
-//  exact/bf16 the gradient rounded to bf16 (2^-9 relative per entry): 5e-3.
+// Tolerances, on the loss |got - want| and on the gradient
+// ||got - want|| / ||want|| (its entries are sums that nearly cancel, so
+// entry-wise relative error says little).
+//  f32      fp32 S, LSE and G against float64: a dot product of unit
+//           vectors is good to ~sqrt(d) 2^-24, times 1/tau; sums of <= R
+//           terms add ~R 2^-24: 1e-5 relative on the loss, 1e-4 on the
+//           gradient (observed: 1e-8 and 3e-7).
+//  exact    bf16 inputs whose normalisation is exact in bf16: as f32, plus
+//           G split in hi + lo bf16 (2^-16 relative per entry): 1e-5 and
+//           1e-4 (observed: 2e-8 and 4e-6); a bf16 gradient adds its own
+//           rounding, 2^-9 per entry: 5e-3 (observed 2e-3).
+//  rounded  any other bf16 input: z is rounded to bf16 (|dz| <= 2^-8), so
+//           every logit moves by at most delta = 2^-7 / tau; each LSE is
+//           1-Lipschitz in the logits and a loss term has at most M + 1 of
+//           them, so |dL| <= (M + 1) delta. The gradient has no such clean
+//           bound: softmax weights move by a factor exp(+-2 delta), so 4
+//           delta relative. Observed errors sit ~50x inside both (loss
+//           1e-3, gradient 2e-3: about the 2^-9 rounding of z itself); the
+//           exact variant is the one that checks the kernels tightly.
+enum Kind { kF32, kExact, kRounded };
 struct Variant {
   const char *name;
   pv_dtype in, grad;
-  bool exact;
-  double loss_tol, grad_tol;
+  Kind kind;
 };
 const Variant kVariants[] = {
-    {"f32", PV_F32, PV_F32, false, 1e-5, 1e-4},
-    {"bf16-exact", PV_BF16, PV_F32, true, 1e-5, 1e-3},
-    {"bf16-exact/bf16-grad", PV_BF16, PV_BF16, true, 1e-5, 5e-3},
+    {"f32", PV_F32, PV_F32, kF32},
+    {"bf16-exact", PV_BF16, PV_F32, kExact},
+    {"bf16-exact/bf16-grad", PV_BF16, PV_BF16, kExact},
+    {"bf16", PV_BF16, PV_F32, kRounded},
 };
+
+struct Tolerance {
+  double loss_abs, grad_rel;
+};
+
+Tolerance tolerance(const Variant &v, pv_objective obj, int m, double tau, double loss) {
+  Kind kind = v.kind;
+  // suffstats feeds T = mean of the other M - 1 views to the tensor cores:
+  // exact in bf16 only when M - 1 is a power of two.
+  if (kind == kExact && obj == PV_OBJ_SUFFSTATS && ((m - 1) & (m - 2)) != 0) kind = kRounded;
+  const double delta = std::ldexp(1.0, -7) / tau;
+  switch (kind) {
+    case kF32: return {1e-5 * std::fabs(loss), 1e-4};
+    case kExact: return {1e-5 * std::fabs(loss), v.grad == PV_BF16 ? 5e-3 : 1e-4};
+    case kRounded: break;
+  }
+  return {(m + 1) * delta, 4 * delta};
+}
 
 void compare_case(pv_objective obj, int n, int m, int d, double tau, const Variant &v,
                   pvcuda::Context *ctx) {
   const uint64_t seed = (uint64_t)(n * 1000003 + m * 1009 + d * 7 + obj);
-  std::vector<float> h = v.exact ? bf16_exact(n, m, d, seed) : gaussian(n, m, d, seed);
+  std::vector<float> h = v.kind == kExact ? bf16_exact(n, m, d, seed) : gaussian(n, m, d, seed);
   if (v.in == PV_BF16)
     for (float &x : h) x = round_bf16(x);
   const Result want = cpu_reference(obj, tau, h, n, m, d);
+  const auto t0 = std::chrono::steady_clock::now();
   const Result got = emulated(obj, tau, h, n, m, d, v.in, v.grad, false, ctx);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   char what[256];
   if (want.status != PV_OK || got.status != PV_OK) {
     snprintf(what, sizeof what, "%s N=%d M=%d d=%d %s: status cpu %d (%s), cuda %d (%s)",
@@ -242,12 +275,13 @@ void compare_case(pv_objective obj, int n, int m, int d, double tau, const Varia
     report(false, what);
     return;
   }
-  const double le = std::fabs(got.loss - want.loss) / std::fabs(want.loss);
-  const double ge = norm_rel_err(got.grad, want.grad);
+  const Tolerance tol = tolerance(v, obj, m, tau, want.loss);
+  const double le = std::fabs(got.loss - want.loss), ge = norm_rel_err(got.grad, want.grad);
   snprintf(what, sizeof what,
-           "%-9s N=%-3d M=%d d=%-3d %-20s loss %.9f (cpu %.9f, rel %.1e) grad rel %.1e",
-           kNames[obj], n, m, d, v.name, got.loss, want.loss, le, ge);
-  report(le <= v.loss_tol && ge <= v.grad_tol, what);
+           "%-9s N=%-3d M=%d d=%-3d %-20s loss %.9f (cpu %.9f, err %.1e <= %.0e) "
+           "grad err %.1e <= %.0e (%.1fs)", kNames[obj], n, m, d, v.name, got.loss, want.loss,
+           le, tol.loss_abs, ge, tol.grad_rel, secs);
+  report(le <= tol.loss_abs && ge <= tol.grad_rel, what);
 }
 
 }  // namespace

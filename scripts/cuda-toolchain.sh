@@ -32,13 +32,23 @@ python="$venv/bin/python"
 if [[ ! -x "$python" ]]; then
   echo "cuda-toolchain: creating venv $venv" >&2
   mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv" >&2
+  if ! python3 -m venv "$venv" >&2; then
+    # Debian without python3-venv has no ensurepip: a bare venv, filled
+    # by the system pip (pip >= 22.3 can target another interpreter).
+    rm -rf "$venv"
+    python3 -m venv --without-pip "$venv" >&2
+    pip_cmd=(python3 -m pip --python "$python")
+  fi
 fi
 
 want="$(printf '%s\n' "${pins[@]}")"
 if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$want" ]]; then
   echo "cuda-toolchain: installing ${#pins[@]} pinned wheels into $venv" >&2
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "$python" -m pip install --no-input --quiet "${pins[@]}" >&2
+  if [[ -z "${pip_cmd+x}" ]] && ! "$python" -m pip --version >/dev/null 2>&1; then
+    pip_cmd=(python3 -m pip --python "$python")
+  fi
+  [[ -n "${pip_cmd+x}" ]] || pip_cmd=("$python" -m pip)
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "${pip_cmd[@]}" install --no-input --quiet "${pins[@]}" >&2
   printf '%s\n' "$want" > "$stamp"
 else
   echo "cuda-toolchain: $venv has the pinned wheels" >&2

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,12 +52,30 @@ func tinyConfig(t testing.TB) Config {
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+// writeCIFARBin writes a CIFAR-10 binary batch of n random images into a
+// new folder and returns it.
+func writeCIFARBin(t testing.TB, n int) string {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewSource(9))
+	b := make([]byte, n*3073)
+	rng.Read(b)
+	for i := 0; i < n; i++ {
+		b[i*3073] = byte(rng.Intn(10))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data_batch_1.bin"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // TestResumeEquivalence: a run stopped after 5 steps and resumed gives
 // the loss sequence of an uninterrupted run, bit for bit (CPU ops are
 // deterministic for a fixed thread count; data order and views are keyed
-// by seed, epoch and position).
+// by seed, epoch and position). 100 images at N = 32 make 3 steps an
+// epoch, so the run crosses epochs and stops in the middle of one.
 func TestResumeEquivalence(t *testing.T) {
 	whole := tinyConfig(t)
+	whole.Data = writeCIFARBin(t, 100)
 	whole.KNNBank = 0
 	whole.EvalData = filepath.Join(t.TempDir(), "absent") // kNN off: speed
 	want, err := Train(context.Background(), whole, quietLog(), io.Discard)
@@ -78,6 +97,9 @@ func TestResumeEquivalence(t *testing.T) {
 	}
 	if second.ResumedAtStep != 5 {
 		t.Fatalf("resumed at step %d, want 5", second.ResumedAtStep)
+	}
+	if _, st, err := checkpoint.Load(second.LastCkpt); err != nil || st.Epoch != 4 {
+		t.Errorf("final checkpoint: epoch %d (want 4 epochs of 3 steps), %v", st.Epoch, err)
 	}
 	got := append(append([]float64{}, first.Losses...), second.Losses...)
 	if len(got) != len(want.Losses) {

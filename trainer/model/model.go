@@ -207,7 +207,8 @@ func (m *Model) SetTraining(training bool) {
 	}
 }
 
-// Close frees every tensor of the model.
+// Close frees every tensor of the model; call it before closing the
+// model's device.
 func (m *Model) Close() {
 	m.Encoder.Close()
 	if m.Head != nil {

@@ -123,7 +123,9 @@ func TestSGDByHand(t *testing.T) {
 	dev, _ := bindings.Open("cpu", nil)
 	defer dev.Close()
 	val, _ := dev.FromFloat32([]float32{1}, 1)
+	defer val.Close()
 	grad, _ := dev.FromFloat32([]float32{0.5}, 1)
+	defer grad.Close()
 	o, err := New(Config{Name: "sgd", Momentum: 0.9, WeightDecay: 0.1},
 		[]*model.Param{{Name: "w", Value: val, Grad: grad}})
 	if err != nil {

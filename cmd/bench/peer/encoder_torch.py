@@ -62,14 +62,17 @@ def bench_model(spec, warmup, iters):
     return {"views_per_s": b / (sum(times) / len(times)), "seconds": sum(times) / len(times)}
 
 
-def bench_gemm(n, reps=3):
+def bench_gemm(n, rounds=5):
+    """Best GFLOP/s over rounds of at least 0.2 s each, as the Go side."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b.t())
     best = 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b.t())
-        best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    for _ in range(rounds):
+        t0, reps = time.perf_counter(), 0
+        while reps == 0 or time.perf_counter() - t0 < 0.2:
+            torch.mm(a, b.t())
+            reps += 1
+        best = max(best, 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
 
 
