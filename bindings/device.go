@@ -158,6 +158,14 @@ func (d *Device) Name() string { return C.GoString(C.pv_device_name(d.ptr)) }
 // IsCUDA reports whether the device is a GPU.
 func (d *Device) IsCUDA() bool { return C.pv_device_get_kind(d.ptr) == C.PV_DEVICE_CUDA }
 
+// HasOps reports whether the device's backend implements a family of ops:
+// "loss", "augment" or "encoder" (every layer op and the optimizer step).
+func (d *Device) HasOps(family string) bool {
+	c := C.CString(family)
+	defer C.free(unsafe.Pointer(c))
+	return C.pv_device_has_ops(d.ptr, c) != 0
+}
+
 // Synchronize waits for the work queued on the device.
 func (d *Device) Synchronize() error {
 	return call("synchronize "+d.kind, func() C.pv_status { return C.pv_device_synchronize(d.ptr) })

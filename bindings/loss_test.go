@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -418,4 +419,30 @@ func TestReshape(t *testing.T) {
 	if err := x.Reshape(4, 2); err == nil || !strings.Contains(err.Error(), "6 elements") {
 		t.Errorf("bad reshape: %v", err)
 	}
+}
+
+// TestTensorOutlivesDevice: a tensor freed after its device is closed (as
+// the garbage collector may do) stays valid until then and frees safely.
+func TestTensorOutlivesDevice(t *testing.T) {
+	dev, err := Open("cpu", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := dev.FromFloat32([]float32{1, 2, 3}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.Close()
+	v, err := x.Float32()
+	if err != nil || v[2] != 3 {
+		t.Errorf("read after device close: %v, %v", v, err)
+	}
+	x.Close()
+	for i := 0; i < 100; i++ {
+		d, _ := Open("cpu", nil)
+		d.NewTensor(Float32, 16) // left to the finalizer
+		d.Close()
+	}
+	runtime.GC()
+	runtime.GC()
 }

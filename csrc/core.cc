@@ -196,16 +196,35 @@ pv_status pv_device_open(pv_device_kind kind, int index, pv_device **out) {
   })
 }
 
+static void device_unref(pv_device *dev) {
+  if (dev->refs.fetch_sub(1) == 1) {
+    dev->backend->device_release(dev->ctx);
+    delete dev;
+  }
+}
+
 void pv_device_close(pv_device *dev) {
-  if (!dev) return;
-  dev->backend->device_release(dev->ctx);
-  delete dev;
+  if (dev) device_unref(dev);
 }
 
 const char *pv_device_name(const pv_device *dev) { return dev ? dev->name : ""; }
 
 pv_device_kind pv_device_get_kind(const pv_device *dev) {
   return dev ? dev->kind : PV_DEVICE_CPU;
+}
+
+int pv_device_has_ops(const pv_device *dev, const char *family) {
+  if (!dev || !family) return 0;
+  const pv_backend *b = dev->backend;
+  if (!std::strcmp(family, "loss")) return b->loss != nullptr;
+  if (!std::strcmp(family, "augment")) return b->augment != nullptr;
+  if (!std::strcmp(family, "encoder"))
+    return b->conv2d_forward && b->conv2d_backward && b->batchnorm_forward &&
+           b->batchnorm_backward && b->relu_forward && b->relu_backward &&
+           b->maxpool_forward && b->maxpool_backward && b->avgpool_forward &&
+           b->avgpool_backward && b->add && b->linear_forward && b->linear_backward &&
+           b->optimizer_step;
+  return 0;
 }
 
 pv_status pv_device_synchronize(pv_device *dev) {
@@ -275,6 +294,7 @@ pv_status pv_tensor_create(pv_device *dev, pv_dtype dtype, int ndim, const int64
       delete t;
       return st;
     }
+    dev->refs.fetch_add(1);
     *out = t;
     return PV_OK;
   })
@@ -282,8 +302,10 @@ pv_status pv_tensor_create(pv_device *dev, pv_dtype dtype, int ndim, const int64
 
 void pv_tensor_free(pv_tensor *t) {
   if (!t) return;
-  t->dev->backend->free(t->dev->ctx, t->data);
+  pv_device *dev = t->dev;
+  dev->backend->free(dev->ctx, t->data);
   delete t;
+  device_unref(dev);
 }
 
 pv_dtype pv_tensor_dtype(const pv_tensor *t) { return t->dtype; }

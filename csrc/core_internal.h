@@ -3,18 +3,23 @@
 #ifndef POLYVIEW_CORE_INTERNAL_H
 #define POLYVIEW_CORE_INTERNAL_H
 
+#include <atomic>
 #include <cstdarg>
 #include <cstdint>
 #include <new>
 
 #include "backend.h"
 
+// A device lives while its handle is open or any tensor on it exists:
+// refs counts both, so tensors may be freed after pv_device_close (as a
+// garbage collector does) without touching freed memory.
 struct pv_device {
   const pv_backend *backend;  // the table that owns this device's memory
   void *ctx;                  // the backend's per-device context
   pv_device_kind kind;
   int index;
   char name[160];
+  std::atomic<int64_t> refs{1};
 };
 
 struct pv_tensor {

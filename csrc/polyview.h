@@ -90,6 +90,12 @@ void pv_device_close(pv_device *dev);
 const char *pv_device_name(const pv_device *dev);
 pv_device_kind pv_device_get_kind(const pv_device *dev);
 
+/* 1 when the device's backend implements every op of a family, else 0.
+ * Families: "loss", "augment", "encoder" (convolution, batch norm,
+ * pooling, ReLU, add, linear, optimizer step). Lets a caller fall back to
+ * the CPU before it starts work the device cannot finish. */
+int pv_device_has_ops(const pv_device *dev, const char *family);
+
 /* Waits for all work queued on the device. */
 pv_status pv_device_synchronize(pv_device *dev);
 

@@ -17,6 +17,7 @@
 
 #include "augment_cuda.h"
 #include "common.cuh"
+#include "nn_cuda.h"
 
 namespace pvcuda {
 namespace {
@@ -134,6 +135,7 @@ void device_release(void *p) {
   if (!ctx) return;
   cudaSetDevice(ctx->device);
   cudaStreamSynchronize(ctx->stream);
+  if (ctx->release_nn) ctx->release_nn(ctx);
   cudaStreamDestroy(ctx->stream);
   if (ctx->in_use != 0)
     log_msg(PV_LOG_WARN, "cuda: GPU %d closed with %lld bytes still allocated", ctx->device,
@@ -359,5 +361,8 @@ extern "C" __attribute__((visibility("default"))) pv_status pv_backend_entry(
   table->copy_d2h = copy_d2h;
   table->loss = loss_op;
   pv_cuda_register_augment(table);
+#ifdef POLYVIEW_HAVE_NN
+  pv_cuda_register_nn(table);  // without cuDNN the encoder ops stay NULL (unsupported)
+#endif
   return PV_OK;
 }

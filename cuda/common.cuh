@@ -31,6 +31,11 @@ struct Context {
   std::mutex mu;           // guards sizes, in_use and peak
   std::unordered_map<void *, int64_t> sizes;
   int64_t in_use = 0, peak = 0;
+  // The encoder ops' state (nn_cuda.cu: cuDNN and cuBLAS handles, the
+  // convolution algorithm cache), made at their first use; device_release
+  // calls release_nn when it is set.
+  void *nn = nullptr;
+  void (*release_nn)(Context *) = nullptr;
 };
 
 // The services the core lent at pv_backend_entry.

@@ -56,6 +56,14 @@ int main(int argc, char **argv) {
             table.memory && table.reset_peak && table.alloc && table.free && table.copy_h2d &&
             table.copy_d2h && table.loss && table.augment,
         "fills every op it implements (loss, augment)");
+#ifdef POLYVIEW_TEST_NN
+  check(table.conv2d_forward && table.conv2d_backward && table.batchnorm_forward &&
+            table.batchnorm_backward && table.relu_forward && table.relu_backward &&
+            table.maxpool_forward && table.maxpool_backward && table.avgpool_forward &&
+            table.avgpool_backward && table.add && table.linear_forward &&
+            table.linear_backward && table.optimizer_step,
+        "fills every encoder op (built with cuDNN)");
+#endif
 
   int count = -1;
   g_error.clear();

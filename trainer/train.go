@@ -193,6 +193,22 @@ func (r *run) open() error {
 	if r.dev, err = bindings.Open(r.cfg.Device, r.log); err != nil {
 		return err
 	}
+	for _, family := range []string{"augment", "encoder", "loss"} {
+		if r.dev.HasOps(family) {
+			continue
+		}
+		if r.cfg.Device != "auto" && r.cfg.Device != "" {
+			return fmt.Errorf("-device %s: %s has no %s ops (this build of the CUDA backend "+
+				"lacks them); use -device cpu", r.cfg.Device, r.dev.Name(), family)
+		}
+		r.log.Warn("the GPU backend lacks ops the trainer needs; running on the CPU",
+			"device", r.dev.Name(), "missing", family)
+		r.dev.Close()
+		if r.dev, err = bindings.Open("cpu", r.log); err != nil {
+			return err
+		}
+		break
+	}
 	if r.cfg.Precision == "bf16" && !r.dev.IsCUDA() {
 		return fmt.Errorf("-precision bf16 needs a GPU; %s runs fp32", r.dev.Name())
 	}
