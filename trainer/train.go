@@ -209,8 +209,11 @@ func (r *run) open() error {
 		}
 		break
 	}
-	if r.cfg.Precision == "bf16" && !r.dev.IsCUDA() {
-		return fmt.Errorf("-precision bf16 needs a GPU; %s runs fp32", r.dev.Name())
+	if r.cfg.Precision == "bf16" {
+		// The loss and the views take bf16; the model's layers hold fp32
+		// tensors only, so mixed precision is refused rather than ignored.
+		return fmt.Errorf("-precision bf16: mixed-precision training is not available yet " +
+			"(the model's layers run fp32); use -precision fp32")
 	}
 	if r.dev.IsCUDA() {
 		if r.gpu, err = gpumon.Open(0); err != nil {
