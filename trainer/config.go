@@ -79,7 +79,7 @@ func DefaultConfig() Config {
 		Optimizer: "lars", LR: 0.3, LRScaling: "linear", Momentum: 0.9, WeightDecay: 1e-6,
 		WarmupSteps: 20, Epochs: 1, Steps: 250, Precision: "fp32", Device: "auto", Seed: 0,
 		Out: "runs/default", KeepCkpts: 2, LogEvery: 10, KNNK: 200, KNNTemp: 0.07,
-		KNNBank: 5000, KNNQueries: 1000, Progress: true,
+		KNNEvery: 1, KNNBank: 5000, KNNQueries: 1000, Progress: true,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -295,8 +296,20 @@ func (r *run) printSummary() {
 	for _, row := range rows {
 		fmt.Fprintf(r.console, "  %-10s %s\n", row[0], row[1])
 	}
+	// Every resolved value, one per line, as config.json holds them.
+	var all map[string]any
 	b, _ := json.Marshal(r.cfg)
-	r.log.Debug("resolved config", "config", string(b))
+	json.Unmarshal(b, &all)
+	keys := make([]string, 0, len(all))
+	for k := range all {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintln(r.console, "  resolved config:")
+	for _, k := range keys {
+		v, _ := json.Marshal(all[k])
+		fmt.Fprintf(r.console, "    %-14s %s\n", k, v)
+	}
 }
 
 // loop trains from r.step to r.total.
