@@ -209,15 +209,6 @@ void sweeps_portable(const ViewTask &t) {
   if (t.p.blur) blur_sweeps(t);
 }
 
-bool have_avx2() {
-#if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 // Draws view a of image i and builds its tables in the worker's scratch.
 // Portable code on purpose: the parameter and tap arithmetic must not be
 // fused into FMAs, so that it matches the CUDA kernel bit for bit.
@@ -289,7 +280,7 @@ pv_status cpu_augment(void *, const pv_augment_args *args) {
     prepare(a, i, v, scratch.get() + worker * per_worker, ytaps.get() + worker * 2 * a.out_h,
             t);
     t.out = static_cast<char *>(a.out_ptr) + task * view_elems * elem;
-    have_avx2() ? sweeps_avx2(t) : sweeps_portable(t);
+    cpu_has_avx2_fma() ? sweeps_avx2(t) : sweeps_portable(t);
   });
   return PV_OK;
 }

@@ -183,15 +183,6 @@ float fma_run_portable(int64_t iters) { return hsum<float>(fma_chains<Vec<float>
 
 }  // namespace
 
-bool cpu_has_avx2_fma() {
-#if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 template <typename T>
 void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
                int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split);

@@ -22,9 +22,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
 // the kernels use (about 50 ms): pv_cpu_fma_peak sums it over threads.
 double cpu_fma_peak_gflops();
 
-// True when the processor has AVX2 and FMA (the kernels' fast path).
-bool cpu_has_avx2_fma();
-
 }  // namespace pv
 
 #endif  // POLYVIEW_GEMM_CPU_H

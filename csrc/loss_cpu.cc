@@ -257,21 +257,12 @@ PV_TARGET_AVX2 void pass3_share_avx2(Pass3<float> &p3, int share) { pass3_share(
 void pass3_share_portable(Pass3<float> &p3, int share) { pass3_share(p3, share); }
 void pass3_share_f64(Pass3<double> &p3, int share) { pass3_share(p3, share); }
 
-bool have_avx2() {
-#if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
 void run_pass1(Pass1<float> &p, int share) {
-  have_avx2() ? pass1_share_avx2(p, share) : pass1_share_portable(p, share);
+  cpu_has_avx2_fma() ? pass1_share_avx2(p, share) : pass1_share_portable(p, share);
 }
 void run_pass1(Pass1<double> &p, int share) { pass1_share_f64(p, share); }
 void run_pass3(Pass3<float> &p, int share) {
-  have_avx2() ? pass3_share_avx2(p, share) : pass3_share_portable(p, share);
+  cpu_has_avx2_fma() ? pass3_share_avx2(p, share) : pass3_share_portable(p, share);
 }
 void run_pass3(Pass3<double> &p, int share) { pass3_share_f64(p, share); }
 
@@ -528,7 +519,7 @@ pv_status loss_typed(const pv_loss_args &a) {
 
 }  // namespace
 
-const char *cpu_simd_name() { return have_avx2() ? "avx2+fma" : "portable"; }
+const char *cpu_simd_name() { return cpu_has_avx2_fma() ? "avx2+fma" : "portable"; }
 
 pv_status cpu_loss(void *, const pv_loss_args *args) {
   // float64 in, float64 compute: the reference for gradient checks.

@@ -17,6 +17,16 @@
 
 namespace pv {
 
+// Whether this processor runs the PV_TARGET_AVX2 versions of the kernels.
+inline bool cpu_has_avx2_fma() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 // A 32-byte vector of T: 8 floats or 4 doubles.
 template <typename T>
 struct Vec;
