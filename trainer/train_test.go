@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/polyview/polyview/trainer/checkpoint"
 )
@@ -277,4 +278,39 @@ func TestConfigValidate(t *testing.T) {
 	if err := c.LoadFile(path); err == nil || !strings.Contains(err.Error(), "bogus") {
 		t.Errorf("unknown field: %v", err)
 	}
+}
+
+// TestInterruptCheckpoints: ending the context (what SIGINT and SIGTERM do
+// in cmd/train) stops the run with a checkpoint that resumes.
+func TestInterruptCheckpoints(t *testing.T) {
+	c := tinyConfig(t)
+	c.EvalData = filepath.Join(t.TempDir(), "absent")
+	c.Steps = 1000
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		// Cancel once the first step record is on disk.
+		for {
+			if recs, err := readSteps(filepath.Join(c.Out, "metrics.jsonl")); err == nil && recs > 0 {
+				cancel()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	res, err := Train(ctx, c, quietLog(), io.Discard)
+	if !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("interrupted run: %v", err)
+	}
+	_, st, err := checkpoint.Load(res.LastCkpt)
+	if err != nil || st.Step < 1 || st.Step >= 1000 {
+		t.Fatalf("checkpoint %s: step %d, %v", res.LastCkpt, st.Step, err)
+	}
+}
+
+func readSteps(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strings.Count(string(b), `"kind":"step"`), nil
 }
