@@ -79,7 +79,7 @@ func Embed(dev *bindings.Device, m *model.Model, ds datasets.Dataset, recipe bin
 // chosen features as host float32, [len(samples)][dim].
 func embedBatch(dev *bindings.Device, m *model.Model, samples []datasets.Sample,
 	recipe bindings.Recipe, head bool) ([]float32, error) {
-	views, err := augmentSamples(dev, samples, []bindings.Recipe{recipe}, 0, 0)
+	views, err := augmentSamples(dev, samples, []bindings.Recipe{recipe}, 0, 0, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -94,11 +94,11 @@ func embedBatch(dev *bindings.Device, m *model.Model, samples []datasets.Sample,
 	return z.Float32()
 }
 
-// augmentSamples draws len(recipes) views of every sample (recipes must
-// share one size) and returns them as [N*M, H, W, 3] Float32, ready for
-// the encoder.
+// augmentSamples draws views firstView .. firstView+len(recipes)-1 of
+// every sample (recipes must share one size) and returns them as
+// [N*len(recipes), H, W, 3] Float32, ready for the encoder.
 func augmentSamples(dev *bindings.Device, samples []datasets.Sample, recipes []bindings.Recipe,
-	seed, epoch uint64) (*bindings.Tensor, error) {
+	firstView int, seed, epoch uint64) (*bindings.Tensor, error) {
 	imgs := make([]bindings.Image, len(samples))
 	for i, s := range samples {
 		imgs[i] = bindings.Image{Pix: s.Image.Pix, Height: s.Image.H, Width: s.Image.W,
@@ -114,7 +114,7 @@ func augmentSamples(dev *bindings.Device, samples []datasets.Sample, recipes []b
 	if err != nil {
 		return nil, err
 	}
-	if err := bindings.AugmentInto(batch, recipes, 0, seed, epoch, views); err != nil {
+	if err := bindings.AugmentInto(batch, recipes, firstView, seed, epoch, views); err != nil {
 		views.Close()
 		return nil, err
 	}

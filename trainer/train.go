@@ -62,6 +62,8 @@ type run struct {
 	gpu     *gpumon.Monitor
 	prof    *profiler
 
+	spareGrads []*bindings.Tensor // multi-size steps: gradients of one group
+
 	step, total      int64
 	epoch, batchInEp int
 	stepsPerEpoch    int
@@ -92,6 +94,11 @@ func (r *run) close() {
 	}
 	if r.opt != nil {
 		r.opt.Close()
+	}
+	for _, t := range r.spareGrads {
+		if t != nil {
+			t.Close()
+		}
 	}
 	if r.model != nil {
 		r.model.Close()
@@ -227,10 +234,6 @@ func (r *run) open() error {
 	obj, _ := bindings.ParseObjective(r.cfg.Objective)
 	r.loss = bindings.Loss{Objective: obj, Tau: r.cfg.Tau}
 	r.recipes, _ = r.cfg.Recipes()
-	if g := bindings.Groups(r.recipes); len(g) != 1 {
-		return fmt.Errorf("-views %q: views of %d different sizes; the trainer runs one size "+
-			"per step (use -views simclr with -m for multi-view at one size)", r.cfg.Views, len(g))
-	}
 
 	dsOpts := datasets.Options{Split: "train", Logger: r.log}
 	if r.train, err = datasets.Open(r.cfg.Data, dsOpts); err != nil {
@@ -418,9 +421,12 @@ func (r *run) loop(ctx context.Context) error {
 
 // trainStep runs one optimizer step on a batch and returns its loss.
 func (r *run) trainStep(b *datasets.Batch) (float64, error) {
+	if len(bindings.Groups(r.recipes)) > 1 {
+		return r.multiSizeStep(b)
+	}
 	n := len(b.Samples)
 	end := r.dev.Range("augment")
-	views, err := augmentSamples(r.dev, b.Samples, r.recipes, r.cfg.Seed, uint64(b.Epoch))
+	views, err := augmentSamples(r.dev, b.Samples, r.recipes, 0, r.cfg.Seed, uint64(b.Epoch))
 	end()
 	if err != nil {
 		return 0, fmt.Errorf("views: %w", err)

@@ -314,3 +314,38 @@ func readSteps(path string) (int, error) {
 	}
 	return strings.Count(string(b), `"kind":"step"`), nil
 }
+
+// TestMultiCropSizes trains with 2 global 32 px and 2 local 16 px views:
+// two encoder passes per step, one loss over all four views. The loss
+// must fall over the run, and a resumed run must repeat it exactly.
+func TestMultiCropSizes(t *testing.T) {
+	c := tinyConfig(t)
+	c.EvalData = filepath.Join(t.TempDir(), "absent")
+	c.Views, c.Steps, c.WarmupSteps = "multicrop:2x32,2x16", 16, 2
+	whole, err := Train(context.Background(), c, quietLog(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := (whole.Losses[0] + whole.Losses[1] + whole.Losses[2]) / 3
+	last := (whole.Losses[13] + whole.Losses[14] + whole.Losses[15]) / 3
+	if !(last < first) {
+		t.Errorf("loss did not fall: first steps %.4f, last steps %.4f", first, last)
+	}
+	part := c
+	part.Out, part.StopAfter = t.TempDir(), 7
+	a, err := Train(context.Background(), part, quietLog(), io.Discard)
+	if !errors.Is(err, ErrStopped) {
+		t.Fatal(err)
+	}
+	part.StopAfter, part.Resume = 0, "auto"
+	b, err := Train(context.Background(), part, quietLog(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := append(append([]float64{}, a.Losses...), b.Losses...)
+	for i := range whole.Losses {
+		if got[i] != whole.Losses[i] {
+			t.Fatalf("step %d: %.9g resumed, %.9g whole", i+1, got[i], whole.Losses[i])
+		}
+	}
+}
