@@ -175,6 +175,7 @@ int main() {
   const pv_backend table = emulated_table();
   pv_device emu;
   std::memset(&emu, 0, sizeof emu);
+  emu.refs.store(1);  // the caller's reference: tensors never release this device
   emu.backend = &table;
   emu.ctx = &ctx;
   emu.kind = PV_DEVICE_CUDA;
