@@ -120,9 +120,6 @@ func TestResumeEquivalence(t *testing.T) {
 // gpvc add several points, and 200 queries put one standard deviation of
 // the accuracy at about 3.3 points, so the margin asked is 2 points.
 func TestEndToEndCIFAR(t *testing.T) {
-	if testing.Short() {
-		t.Skip("trains for a minute; -short skips it")
-	}
 	c := tinyConfig(t)
 	c.Steps, c.WarmupSteps, c.LogEvery = 120, 10, 20
 	c.KNNBank, c.KNNQueries = 2000, 500
