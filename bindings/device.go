@@ -108,14 +108,22 @@ func Open(spec string, log *slog.Logger) (*Device, error) {
 		}
 		return openDevice(C.PV_DEVICE_CUDA, idx, s)
 	case s == "auto" || s == "":
-		if ensureCUDA() == nil {
-			if n, err := CUDADeviceCount(); err == nil && n > 0 {
+		why := ensureCUDA()
+		if why == nil {
+			n, err := CUDADeviceCount()
+			if err == nil && n > 0 {
 				return openDevice(C.PV_DEVICE_CUDA, 0, "cuda:0")
+			}
+			why = err
+			if why == nil {
+				why = fmt.Errorf("the CUDA backend sees no GPU")
 			}
 		}
 		dev, err := openDevice(C.PV_DEVICE_CPU, 0, "cpu")
 		if err == nil && log != nil {
-			autoNote.Do(func() { log.Info("no CUDA backend or GPU found; running on the CPU") })
+			autoNote.Do(func() {
+				log.Info("no CUDA backend or GPU found; running on the CPU", "reason", why.Error())
+			})
 		}
 		return dev, err
 	default:
