@@ -8,6 +8,7 @@ import (
 	"image/draw"
 	_ "image/jpeg" // decoders for EmbedEncoded
 	_ "image/png"
+	"slices"
 	"strings"
 	"sync"
 
@@ -81,7 +82,7 @@ func (e *Encoder) load(tensors map[string]checkpoint.Tensor) error {
 		if !ok {
 			return fmt.Errorf("checkpoint has no tensor %q", p.Name)
 		}
-		if !equalShape(src.Shape, p.Value.Shape()) {
+		if !slices.Equal(src.Shape, p.Value.Shape()) {
 			return fmt.Errorf("tensor %q has shape %v, the model's is %v", p.Name, src.Shape,
 				p.Value.Shape())
 		}

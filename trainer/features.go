@@ -96,9 +96,25 @@ func embedBatch(dev *bindings.Device, m *model.Model, samples []datasets.Sample,
 
 // augmentSamples draws views firstView .. firstView+len(recipes)-1 of
 // every sample (recipes must share one size) and returns them as
-// [N*len(recipes), H, W, 3] Float32, ready for the encoder.
+// [N*len(recipes), H, W, 3] Float32, ready for the encoder, in a new
+// tensor the caller closes.
 func augmentSamples(dev *bindings.Device, samples []datasets.Sample, recipes []bindings.Recipe,
 	firstView int, seed, epoch uint64) (*bindings.Tensor, error) {
+	var views *bindings.Tensor
+	if err := augmentInto(dev, samples, recipes, firstView, seed, epoch, &views); err != nil {
+		if views != nil {
+			views.Close()
+		}
+		return nil, err
+	}
+	return views, nil
+}
+
+// augmentInto is augmentSamples writing into *buf, which it reuses when
+// its size fits and replaces otherwise (the training step's buffer: no
+// allocation per step). The caller owns and closes *buf.
+func augmentInto(dev *bindings.Device, samples []datasets.Sample, recipes []bindings.Recipe,
+	firstView int, seed, epoch uint64, buf **bindings.Tensor) error {
 	imgs := make([]bindings.Image, len(samples))
 	for i, s := range samples {
 		imgs[i] = bindings.Image{Pix: s.Image.Pix, Height: s.Image.H, Width: s.Image.W,
@@ -106,21 +122,24 @@ func augmentSamples(dev *bindings.Device, samples []datasets.Sample, recipes []b
 	}
 	batch, err := bindings.NewImageBatch(dev, imgs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer batch.Close()
 	r := recipes[0]
-	views, err := dev.NewTensor(bindings.Float32, len(samples), len(recipes), r.Height, r.Width, 3)
-	if err != nil {
-		return nil, err
+	n, m := len(samples), len(recipes)
+	if *buf != nil && (*buf).Numel() != n*m*r.Height*r.Width*3 {
+		(*buf).Close()
+		*buf = nil
 	}
-	if err := bindings.AugmentInto(batch, recipes, firstView, seed, epoch, views); err != nil {
-		views.Close()
-		return nil, err
+	if *buf == nil {
+		if *buf, err = dev.NewTensor(bindings.Float32, n, m, r.Height, r.Width, 3); err != nil {
+			return err
+		}
+	} else if err := (*buf).Reshape(n, m, r.Height, r.Width, 3); err != nil {
+		return err
 	}
-	if err := views.Reshape(len(samples)*len(recipes), r.Height, r.Width, 3); err != nil {
-		views.Close()
-		return nil, err
+	if err := bindings.AugmentInto(batch, recipes, firstView, seed, epoch, *buf); err != nil {
+		return err
 	}
-	return views, nil
+	return (*buf).Reshape(n*m, r.Height, r.Width, 3)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/polyview/polyview/bindings"
@@ -90,7 +91,7 @@ func (r *run) restore(tensors map[string]checkpoint.Tensor, st checkpoint.State,
 		if !ok {
 			return fmt.Errorf("checkpoint has no tensor %q (model %s)", name, r.cfg.Arch)
 		}
-		if !equalShape(src.Shape, dst.Shape()) {
+		if !slices.Equal(src.Shape, dst.Shape()) {
 			return fmt.Errorf("checkpoint tensor %q has shape %v, the model's is %v", name,
 				src.Shape, dst.Shape())
 		}
@@ -114,16 +115,4 @@ func (r *run) restore(tensors map[string]checkpoint.Tensor, st checkpoint.State,
 		r.res.FinalLoss = st.Extra["loss"]
 	}
 	return nil
-}
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -63,6 +64,7 @@ type run struct {
 	prof    *profiler
 
 	spareGrads []*bindings.Tensor // multi-size steps: gradients of one group
+	views, dh  *bindings.Tensor   // the step's views and dL/dh, reused across steps
 
 	step, total      int64
 	epoch, batchInEp int
@@ -95,7 +97,7 @@ func (r *run) close() {
 	if r.opt != nil {
 		r.opt.Close()
 	}
-	for _, t := range r.spareGrads {
+	for _, t := range append(r.spareGrads, r.views, r.dh) {
 		if t != nil {
 			t.Close()
 		}
@@ -426,23 +428,26 @@ func (r *run) trainStep(b *datasets.Batch) (float64, error) {
 	}
 	n := len(b.Samples)
 	end := r.dev.Range("augment")
-	views, err := augmentSamples(r.dev, b.Samples, r.recipes, 0, r.cfg.Seed, uint64(b.Epoch))
+	err := augmentInto(r.dev, b.Samples, r.recipes, 0, r.cfg.Seed, uint64(b.Epoch), &r.views)
 	end()
 	if err != nil {
 		return 0, fmt.Errorf("views: %w", err)
 	}
-	defer views.Close()
 	end = r.dev.Range("forward")
-	h, err := r.model.ForwardViews(views, r.cfg.M)
+	h, err := r.model.ForwardViews(r.views, r.cfg.M)
 	end()
 	if err != nil {
 		return 0, err
 	}
-	dh, err := r.dev.NewTensor(h.DType(), n, r.cfg.M, r.model.OutDim)
-	if err != nil {
-		return 0, err
+	if r.dh == nil || !slices.Equal(r.dh.Shape(), h.Shape()) {
+		if r.dh != nil {
+			r.dh.Close()
+		}
+		if r.dh, err = r.dev.NewTensor(h.DType(), n, r.cfg.M, r.model.OutDim); err != nil {
+			return 0, err
+		}
 	}
-	defer dh.Close()
+	dh := r.dh
 	end = r.dev.Range("loss")
 	loss, err := r.loss.ForwardBackward(h, dh)
 	end()
