@@ -24,14 +24,14 @@ namespace {
 constexpr int kMR = 6;         // rows of the micro-tile
 constexpr int64_t kKC = 256;   // depth of a packed block: B sliver 16 KiB (float)
 constexpr int64_t kMC = 120;   // rows of an A block: 120 KiB packed (float), in L2
-constexpr int64_t kNC = 3072;  // columns of a packed B block
+constexpr int64_t kBPackFloats = 4 << 20;  // packed B per column block, whole depth
 
 template <typename T>
 constexpr int nr() { return 2 * Vec<T>::lanes; }  // columns of the micro-tile
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// One call's operands plus the current (jc, pc) block and packed B.
+// One call's operands plus the current column block jc and its packed B.
 template <typename T>
 struct Job {
   bool ta, tb;
@@ -39,53 +39,82 @@ struct Job {
   T alpha;
   const T *a, *b;
   int64_t lda, ldb;
-  T beta;  // beta for this depth block: the caller's for pc == 0, else 1
+  T beta;
   T *c;
   int64_t ldc;
-  int64_t jc, nc, pc, kc;
-  const T *bpack;     // [ceil(nc / NR)][kc][NR]
+  int64_t jc, nc;
+  int64_t ncp;        // nc rounded up to NR: packed row length of B
+  const T *bpack;     // depth block pc at bpack + pc * ncp: [slivers][kc][NR]
   T *apack;           // [workers][kMC * kKC]
   int64_t col_tasks;  // column chunks per A block
   int64_t col_chunk;  // columns per chunk, a multiple of NR
 };
 
 // Packs op(A)[i0 : i0 + mc][pc : pc + kc] into 6-row slivers
-// dst[sliver][kk][kMR], rows past the end zero.
+// dst[sliver][kk][kMR], rows past the end zero. Full slivers take a
+// branch-free path (six source rows read side by side) since packing A
+// is redone for every task and showed up at ~10% of a ResNet step.
 template <typename T>
-PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, T *dst) {
+PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64_t kc,
+                      T *dst) {
   for (int64_t ir = 0; ir < mc; ir += kMR) {
     const int rows = (int)std::min<int64_t>(kMR, mc - ir);
-    T *d = dst + ir * j.kc;
-    if (!j.ta) {
+    T *d = dst + ir * kc;
+    if (!j.ta && rows == kMR) {
+      const T *s = j.a + (i0 + ir) * j.lda + pc;
+      const int64_t ld = j.lda;
+      for (int64_t kk = 0; kk < kc; kk++, d += kMR) {
+        d[0] = s[kk];
+        d[1] = s[ld + kk];
+        d[2] = s[2 * ld + kk];
+        d[3] = s[3 * ld + kk];
+        d[4] = s[4 * ld + kk];
+        d[5] = s[5 * ld + kk];
+      }
+    } else if (!j.ta) {
       for (int r = 0; r < kMR; r++) {
-        const T *src = j.a + (i0 + ir + r) * j.lda + j.pc;
-        for (int64_t kk = 0; kk < j.kc; kk++) d[kk * kMR + r] = r < rows ? src[kk] : (T)0;
+        const T *src = j.a + (i0 + ir + r) * j.lda + pc;
+        for (int64_t kk = 0; kk < kc; kk++) d[kk * kMR + r] = r < rows ? src[kk] : (T)0;
+      }
+    } else if (rows == kMR) {
+      for (int64_t kk = 0; kk < kc; kk++) {
+        const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
+        for (int r = 0; r < kMR; r++) d[kk * kMR + r] = src[r];
       }
     } else {
-      for (int64_t kk = 0; kk < j.kc; kk++) {
-        const T *src = j.a + (j.pc + kk) * j.lda + i0 + ir;
+      for (int64_t kk = 0; kk < kc; kk++) {
+        const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
         for (int r = 0; r < kMR; r++) d[kk * kMR + r] = r < rows ? src[r] : (T)0;
       }
     }
   }
 }
 
-// Packs the NR-column sliver p of op(B)[pc : pc + kc][jc : jc + nc].
+// Packs the NR-column sliver p of op(B)[pc : pc + kc][jc : jc + nc] into
+// its place in j.bpack. Full slivers skip the per-element bounds test.
 template <typename T>
-void pack_b_sliver(const Job<T> &j, int64_t p, T *bpack) {
+PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc) {
   constexpr int NR = nr<T>();
   const int64_t j0 = j.jc + p * NR;
   const int cols = (int)std::min<int64_t>(NR, j.jc + j.nc - j0);
-  T *d = bpack + p * j.kc * NR;
+  T *d = const_cast<T *>(j.bpack) + pc * j.ncp + p * kc * NR;
   if (!j.tb) {
-    for (int64_t kk = 0; kk < j.kc; kk++) {
-      const T *src = j.b + (j.pc + kk) * j.ldb + j0;
-      for (int c = 0; c < NR; c++) d[kk * NR + c] = c < cols ? src[c] : (T)0;
+    for (int64_t kk = 0; kk < kc; kk++) {
+      const T *src = j.b + (pc + kk) * j.ldb + j0;
+      if (cols == NR) {
+        for (int c = 0; c < NR; c++) d[kk * NR + c] = src[c];
+      } else {
+        for (int c = 0; c < NR; c++) d[kk * NR + c] = c < cols ? src[c] : (T)0;
+      }
     }
   } else {
     for (int c = 0; c < NR; c++) {
-      const T *src = j.b + (j0 + c) * j.ldb + j.pc;
-      for (int64_t kk = 0; kk < j.kc; kk++) d[kk * NR + c] = c < cols ? src[kk] : (T)0;
+      const T *src = j.b + (j0 + c) * j.ldb + pc;
+      if (c < cols) {
+        for (int64_t kk = 0; kk < kc; kk++) d[kk * NR + c] = src[kk];
+      } else {
+        for (int64_t kk = 0; kk < kc; kk++) d[kk * NR + c] = (T)0;
+      }
     }
   }
 }
@@ -98,6 +127,9 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T bet
   constexpr int L = Vec<T>::lanes, NR = nr<T>();
   V acc[kMR][2];
   for (int i = 0; i < kMR; i++) acc[i][0] = acc[i][1] = V{};
+  // Unrolled by 4: the loop's own add/compare otherwise compete with the
+  // 12 FMAs of an iteration for issue slots.
+#pragma GCC unroll 4
   for (int64_t kk = 0; kk < kc; kk++) {
     const V b0 = vload<V>(bp), b1 = vload<V>(bp + L);
     for (int i = 0; i < kMR; i++) {
@@ -128,8 +160,13 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T bet
     }
 }
 
-// One task: pack an A block, then run its micro-tiles over a column chunk,
-// sliver by sliver so that the B sliver stays in L1.
+// One task: an A block times a column chunk over the whole depth. The
+// depth loop sits inside the task (B is packed for all of k up front), so
+// the pool syncs once per column block rather than twice per KC slice and
+// the task's C tile stays in L2 between slices. Per element the sums run
+// over the same slices in the same order as before, so results do not
+// depend on the thread count. Within a slice, sliver by sliver so that
+// the B sliver stays in L1 while the packed A block streams from L2.
 template <typename T>
 PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   constexpr int NR = nr<T>();
@@ -137,15 +174,33 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
   T *ap = j.apack + worker * kMC * kKC;
-  pack_a(j, i0, mc, ap);
-  for (int64_t jr = c0; jr < c1; jr += NR) {
-    const T *bp = j.bpack + jr * j.kc;
-    const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
-    for (int64_t ir = 0; ir < mc; ir += kMR)
-      micro_kernel(j.kc, ap + ir * j.kc, bp, j.alpha, j.beta,
-                   j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
-                   (int)std::min<int64_t>(kMR, mc - ir), cols);
+  for (int64_t pc = 0; pc < j.k; pc += kKC) {
+    const int64_t kc = std::min(kKC, j.k - pc);
+    const T beta = pc == 0 ? j.beta : (T)1;
+    pack_a(j, i0, mc, pc, kc, ap);
+    const T *bblk = j.bpack + pc * j.ncp;
+    for (int64_t jr = c0; jr < c1; jr += NR) {
+      const T *bp = bblk + jr * kc;
+      const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
+      for (int64_t ir = 0; ir < mc; ir += kMR)
+        micro_kernel(kc, ap + ir * kc, bp, j.alpha, beta,
+                     j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
+                     (int)std::min<int64_t>(kMR, mc - ir), cols);
+    }
   }
+}
+
+PV_TARGET_AVX2 void pack_b_avx2(const Job<float> &j, int64_t p, int64_t pc, int64_t kc) {
+  pack_b_sliver(j, p, pc, kc);
+}
+PV_TARGET_AVX2 void pack_b_avx2(const Job<double> &j, int64_t p, int64_t pc, int64_t kc) {
+  pack_b_sliver(j, p, pc, kc);
+}
+void pack_b_portable(const Job<float> &j, int64_t p, int64_t pc, int64_t kc) {
+  pack_b_sliver(j, p, pc, kc);
+}
+void pack_b_portable(const Job<double> &j, int64_t p, int64_t pc, int64_t kc) {
+  pack_b_sliver(j, p, pc, kc);
 }
 
 PV_TARGET_AVX2 void block_task_avx2(const Job<float> &j, int64_t t, int w) {
@@ -233,15 +288,20 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   }
   if (split && gemm_split_k(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   const int workers = cpu_threads();
-  const int64_t nc_max = std::min(n, kNC);
-  CpuBuffer<T> bpack(kKC * ceil_div(nc_max, NR) * NR), apack(workers * kMC * kKC);
+  // Column blocks wide enough that B is packed for the whole depth within
+  // kBPackFloats (16 MiB as float): one pack and one pool sync per block.
+  const int64_t nc_blk = std::max<int64_t>(
+      NR, std::min(ceil_div(n, NR) * NR, kBPackFloats / k / NR * NR));
+  const int64_t ncp_max = std::min(ceil_div(n, NR) * NR, nc_blk);
+  CpuBuffer<T> bpack(k * ncp_max), apack(workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
-           0, 0, 0, 0, bpack.get(), apack.get(), 1, 0};
+           0, 0, 0, bpack.get(), apack.get(), 1, 0};
   const bool fast = cpu_has_avx2_fma();
-  const int64_t mblocks = ceil_div(m, kMC);
-  for (j.jc = 0; j.jc < n; j.jc += kNC) {
-    j.nc = std::min(kNC, n - j.jc);
+  const int64_t mblocks = ceil_div(m, kMC), kblocks = ceil_div(k, kKC);
+  for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
+    j.nc = std::min(nc_blk, n - j.jc);
     const int64_t slivers = ceil_div(j.nc, NR);
+    j.ncp = slivers * NR;
     // About eight tasks per worker, so that uneven ones balance, but no
     // column chunk under 4 slivers: each task repacks its A block, which
     // then costs about 1% of the task's multiply-adds.
@@ -249,14 +309,13 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
         std::max<int64_t>(1, std::min(ceil_div(slivers, 4), ceil_div(8 * workers, mblocks)));
     j.col_chunk = ceil_div(slivers, want) * NR;
     j.col_tasks = ceil_div(j.nc, j.col_chunk);
-    for (j.pc = 0; j.pc < k; j.pc += kKC) {
-      j.kc = std::min(kKC, k - j.pc);
-      j.beta = j.pc == 0 ? beta : (T)1;
-      parallel_for(slivers, [&](int64_t p, int) { pack_b_sliver(j, p, bpack.get()); });
-      parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
-        fast ? block_task_avx2(j, t, w) : block_task_portable(j, t, w);
-      });
-    }
+    parallel_for(slivers * kblocks, [&](int64_t t, int) {
+      const int64_t pc = (t / slivers) * kKC, kc = std::min(kKC, k - pc);
+      fast ? pack_b_avx2(j, t % slivers, pc, kc) : pack_b_portable(j, t % slivers, pc, kc);
+    });
+    parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
+      fast ? block_task_avx2(j, t, w) : block_task_portable(j, t, w);
+    });
   }
 }
 

@@ -144,6 +144,9 @@ func (r *run) setup() error {
 	if err := r.cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if resumeTensors == nil {
+		r.cfg.Out = freshOut(r.cfg.Out, r.log)
+	}
 	if err := os.MkdirAll(r.cfg.Out, 0o755); err != nil {
 		return err
 	}
@@ -514,4 +517,27 @@ func orNone(s string) string {
 		return "none written yet"
 	}
 	return s
+}
+
+// freshOut returns out, or, when out already holds a run (metrics or
+// checkpoints) that this one is not resuming, the first free out-2,
+// out-3, ...: a new run never mixes its files with, or overwrites the
+// checkpoints of, an earlier one.
+func freshOut(out string, log *slog.Logger) string {
+	used := func(dir string) bool {
+		ckpts, _ := filepath.Glob(filepath.Join(dir, "ckpt-*"))
+		_, err := os.Stat(filepath.Join(dir, "metrics.jsonl"))
+		return len(ckpts) > 0 || err == nil
+	}
+	if !used(out) {
+		return out
+	}
+	for k := 2; ; k++ {
+		next := fmt.Sprintf("%s-%d", out, k)
+		if !used(next) {
+			log.Info("the output folder holds an earlier run; this run writes elsewhere "+
+				"(-resume auto continues the earlier one)", "earlier", out, "now", next)
+			return next
+		}
+	}
 }

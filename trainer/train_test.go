@@ -346,3 +346,25 @@ func TestMultiCropSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestNewRunKeepsEarlierRun: a second fresh run with the same -out writes
+// to a new folder and leaves the first run's checkpoints alone.
+func TestNewRunKeepsEarlierRun(t *testing.T) {
+	c := tinyConfig(t)
+	c.EvalData = filepath.Join(t.TempDir(), "absent")
+	c.Steps = 1
+	first, err := Train(context.Background(), c, quietLog(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Train(context.Background(), c, quietLog(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Dir(second.LastCkpt) != c.Out+"-2" {
+		t.Errorf("second run wrote %s, want %s-2", second.LastCkpt, c.Out)
+	}
+	if _, _, err := checkpoint.Load(first.LastCkpt); err != nil {
+		t.Errorf("first run's checkpoint: %v", err)
+	}
+}
