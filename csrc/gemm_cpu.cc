@@ -8,7 +8,9 @@
 // is bound by FMA throughput rather than loads. One template compiles twice:
 // once for AVX2+FMA, chosen at run time by __builtin_cpu_supports, and
 // once portable. Threads split the A blocks and, when there are too few
-// for the pool, the columns of the B block as well.
+// for the pool, the columns of the B block as well. When B packed for the
+// whole depth is small (weights), it is packed once and each task runs
+// its tile over all of k: one pool sync per call and C stays in cache.
 #include "gemm_cpu.h"
 
 #include <algorithm>
@@ -24,7 +26,8 @@ namespace {
 constexpr int kMR = 6;         // rows of the micro-tile
 constexpr int64_t kKC = 256;   // depth of a packed block: B sliver 16 KiB (float)
 constexpr int64_t kMC = 120;   // rows of an A block: 120 KiB packed (float), in L2
-constexpr int64_t kBPackFloats = 4 << 20;  // packed B per column block, whole depth
+constexpr int64_t kNC = 3072;  // columns of a packed B block (per-slice passes)
+constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits the 32 MiB L3
 
 template <typename T>
 constexpr int nr() { return 2 * Vec<T>::lanes; }  // columns of the micro-tile
@@ -43,8 +46,9 @@ struct Job {
   T *c;
   int64_t ldc;
   int64_t jc, nc;
+  int64_t pc0, pc1;   // depth range of this pass, a whole number of KC slices
   int64_t ncp;        // nc rounded up to NR: packed row length of B
-  const T *bpack;     // depth block pc at bpack + pc * ncp: [slivers][kc][NR]
+  const T *bpack;     // slice pc at bpack + (pc - pc0) * ncp: [slivers][kc][NR]
   T *apack;           // [workers][kMC * kKC]
   int64_t col_tasks;  // column chunks per A block
   int64_t col_chunk;  // columns per chunk, a multiple of NR
@@ -97,12 +101,15 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
   constexpr int NR = nr<T>();
   const int64_t j0 = j.jc + p * NR;
   const int cols = (int)std::min<int64_t>(NR, j.jc + j.nc - j0);
-  T *d = const_cast<T *>(j.bpack) + pc * j.ncp + p * kc * NR;
+  T *d = const_cast<T *>(j.bpack) + (pc - j.pc0) * j.ncp + p * kc * NR;
   if (!j.tb) {
     for (int64_t kk = 0; kk < kc; kk++) {
       const T *src = j.b + (pc + kk) * j.ldb + j0;
-      if (cols == NR) {
-        for (int c = 0; c < NR; c++) d[kk * NR + c] = src[c];
+      if (cols == NR) {  // two vector copies: GCC kept the loop scalar
+        typedef typename Vec<T>::type V;
+        constexpr int L = Vec<T>::lanes;
+        vstore(d + kk * NR, vload<V>(src));
+        vstore(d + kk * NR + L, vload<V>(src + L));
       } else {
         for (int c = 0; c < NR; c++) d[kk * NR + c] = c < cols ? src[c] : (T)0;
       }
@@ -160,13 +167,13 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T bet
     }
 }
 
-// One task: an A block times a column chunk over the whole depth. The
-// depth loop sits inside the task (B is packed for all of k up front), so
-// the pool syncs once per column block rather than twice per KC slice and
-// the task's C tile stays in L2 between slices. Per element the sums run
-// over the same slices in the same order as before, so results do not
-// depend on the thread count. Within a slice, sliver by sliver so that
-// the B sliver stays in L1 while the packed A block streams from L2.
+// One task: an A block times a column chunk over the pass's depth range.
+// When B packed for the whole depth is small (see gemm_impl) the range is
+// all of k, so the pool syncs once per column block rather than twice per
+// KC slice and the task's C tile stays in L2 between slices. Per element
+// the sums run over the same KC slices in the same order either way, so
+// results do not depend on the thread count or the pass layout. Within a
+// slice, sliver by sliver: the B sliver stays in L1 while A is in L2.
 template <typename T>
 PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   constexpr int NR = nr<T>();
@@ -174,11 +181,11 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
   T *ap = j.apack + worker * kMC * kKC;
-  for (int64_t pc = 0; pc < j.k; pc += kKC) {
+  for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
     const int64_t kc = std::min(kKC, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;
     pack_a(j, i0, mc, pc, kc, ap);
-    const T *bblk = j.bpack + pc * j.ncp;
+    const T *bblk = j.bpack + (pc - j.pc0) * j.ncp;
     for (int64_t jr = c0; jr < c1; jr += NR) {
       const T *bp = bblk + jr * kc;
       const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
@@ -288,16 +295,19 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   }
   if (split && gemm_split_k(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   const int workers = cpu_threads();
-  // Column blocks wide enough that B is packed for the whole depth within
-  // kBPackFloats (16 MiB as float): one pack and one pool sync per block.
-  const int64_t nc_blk = std::max<int64_t>(
-      NR, std::min(ceil_div(n, NR) * NR, kBPackFloats / k / NR * NR));
-  const int64_t ncp_max = std::min(ceil_div(n, NR) * NR, nc_blk);
-  CpuBuffer<T> bpack(k * ncp_max), apack(workers * kMC * kKC);
+  // Whole-depth passes when B packed for all of k fits kWholeDepthBytes
+  // (convolution forward and input gradients: B is the weights), else
+  // one pass per KC slice so that packed B stays in cache (weight
+  // gradients, where k is every pixel and B is the column matrix).
+  const int64_t n_up = ceil_div(n, NR) * NR;
+  const bool whole = k * n_up * (int64_t)sizeof(T) <= kWholeDepthBytes;
+  const int64_t nc_blk = whole ? n_up : std::min(n_up, kNC);
+  const int64_t depth = whole ? k : kKC;
+  CpuBuffer<T> bpack(std::min(k, depth) * nc_blk), apack(workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
-           0, 0, 0, bpack.get(), apack.get(), 1, 0};
+           0, 0, 0, 0, 0, bpack.get(), apack.get(), 1, 0};
   const bool fast = cpu_has_avx2_fma();
-  const int64_t mblocks = ceil_div(m, kMC), kblocks = ceil_div(k, kKC);
+  const int64_t mblocks = ceil_div(m, kMC);
   for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
     j.nc = std::min(nc_blk, n - j.jc);
     const int64_t slivers = ceil_div(j.nc, NR);
@@ -309,13 +319,17 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
         std::max<int64_t>(1, std::min(ceil_div(slivers, 4), ceil_div(8 * workers, mblocks)));
     j.col_chunk = ceil_div(slivers, want) * NR;
     j.col_tasks = ceil_div(j.nc, j.col_chunk);
-    parallel_for(slivers * kblocks, [&](int64_t t, int) {
-      const int64_t pc = (t / slivers) * kKC, kc = std::min(kKC, k - pc);
-      fast ? pack_b_avx2(j, t % slivers, pc, kc) : pack_b_portable(j, t % slivers, pc, kc);
-    });
-    parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
-      fast ? block_task_avx2(j, t, w) : block_task_portable(j, t, w);
-    });
+    for (j.pc0 = 0; j.pc0 < k; j.pc0 += depth) {
+      j.pc1 = std::min(k, j.pc0 + depth);
+      const int64_t kblocks = ceil_div(j.pc1 - j.pc0, kKC);
+      parallel_for(slivers * kblocks, [&](int64_t t, int) {
+        const int64_t pc = j.pc0 + (t / slivers) * kKC, kc = std::min(kKC, k - pc);
+        fast ? pack_b_avx2(j, t % slivers, pc, kc) : pack_b_portable(j, t % slivers, pc, kc);
+      });
+      parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
+        fast ? block_task_avx2(j, t, w) : block_task_portable(j, t, w);
+      });
+    }
   }
 }
 

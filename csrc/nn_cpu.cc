@@ -6,7 +6,8 @@
 // Convolution is im2col + GEMM (gemm_cpu.cc): rows of the column matrix
 // are output pixels, columns are (ky, kx, c), so y [pixels, K] =
 // col [pixels, R S C] w^T. The column matrix is built a chunk of whole
-// images at a time, at most kColBytes, so memory stays bounded at 224 px.
+// images at a time, at most kColBytes, so memory stays bounded at 224 px
+// and the chunk stays in cache between im2col and the GEMM.
 // 1x1 stride-1 convolutions skip im2col: x already is the column matrix.
 // The input gradient goes the other way, dcol = dy w, then a gather
 // (col2im) that sums, for each input pixel, the columns that read it;
@@ -23,7 +24,11 @@
 namespace pv {
 namespace {
 
-constexpr int64_t kColBytes = 32 << 20;  // im2col buffer budget per call
+// im2col buffer budget per call. 8 MiB rather than more so that the column
+// matrix is still in L3 when the GEMM packs it (and dcol when col2im reads
+// it): at 32 MiB both passes went to DRAM and a ResNet-18 step took ~6%
+// more CPU time; much smaller chunks leave too few A blocks to balance.
+constexpr int64_t kColBytes = 8 << 20;
 
 // Runs fn(begin, end) over [0, n) in chunks of at least grain items.
 template <typename F>
@@ -268,7 +273,9 @@ void relu_forward(const pv_eltwise_args &a) {
   const T *x = static_cast<const T *>(a.a_ptr);
   T *y = static_cast<T *>(a.out_ptr);
   parallel_chunks(a.numel, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++) y[i] = x[i] > (T)0 ? x[i] : (T)0;
+    const T *xs = x;  // locals, not captured references: lets GCC vectorize
+    T *ys = y;
+    for (int64_t i = b; i < e; i++) ys[i] = xs[i] > (T)0 ? xs[i] : (T)0;
   });
 }
 
@@ -277,7 +284,15 @@ void relu_backward(const pv_eltwise_args &a) {
   const T *y = static_cast<const T *>(a.a_ptr), *dy = static_cast<const T *>(a.b_ptr);
   T *dx = static_cast<T *>(a.out_ptr);
   parallel_chunks(a.numel, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++) dx[i] = y[i] > (T)0 ? dy[i] : (T)0;
+    // Locals, not captured references, and dy read unconditionally: the
+    // loop otherwise ran scalar with a data-dependent branch that
+    // mispredicts half the time (3.5% of a ResNet step); now it is a select.
+    const T *ys = y, *gs = dy;
+    T *ds = dx;
+    for (int64_t i = b; i < e; i++) {
+      const T g = gs[i];
+      ds[i] = ys[i] > (T)0 ? g : (T)0;
+    }
   });
 }
 
@@ -286,7 +301,9 @@ void add(const pv_eltwise_args &a) {
   const T *p = static_cast<const T *>(a.a_ptr), *q = static_cast<const T *>(a.b_ptr);
   T *y = static_cast<T *>(a.out_ptr);
   parallel_chunks(a.numel, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; i++) y[i] = p[i] + q[i];
+    const T *ps = p, *qs = q;  // locals, not captured references: vectorizes
+    T *ys = y;
+    for (int64_t i = b; i < e; i++) ys[i] = ps[i] + qs[i];
   });
 }
 
