@@ -22,51 +22,7 @@
 #include "core_internal.h"
 #include "polyview.h"
 
-// ---- the backend services augment_cuda.cu calls, over host memory -------------
-
-namespace pvcuda {
-namespace {
-void set_error(const char *msg) { pv::fail(PV_ERR_BACKEND, "%s", msg); }
-void drop_log(int, const char *) {}
-const pv_host_services g_services = {set_error, drop_log};
-}  // namespace
-
-const pv_host_services &host() { return g_services; }
-
-pv_status fail(pv_status status, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  return pv::fail(status, "%s", msg);
-}
-
-pv_status fail_at(pv_status status, const char *file, int line, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  return pv::fail(status, "%s:%d: %s", file, line, msg);
-}
-
-pv_status cuda_fail(cudaError_t err, const char *file, int line, const char *call) {
-  return fail_at(PV_ERR_BACKEND, file, line, "%s: emulated error %d", call, err);
-}
-
-void log_msg(pv_log_level, const char *, ...) {}
-
-pv_status ctx_alloc(Context *, int64_t bytes, void **ptr, const char *, int) {
-  *ptr = bytes > 0 ? std::aligned_alloc(256, (size_t)(bytes + 255) / 256 * 256) : nullptr;
-  if (bytes > 0 && !*ptr) return fail(PV_ERR_OUT_OF_MEMORY, "emulated alloc failed");
-  if (*ptr) std::memset(*ptr, 0x7f, (size_t)bytes);  // garbage shows up
-  return PV_OK;
-}
-
-void ctx_free(Context *, void *ptr) { std::free(ptr); }
-
-}  // namespace pvcuda
+#include "emulate_services.h"  // host(), fail, ctx_alloc, ... over host memory
 
 // ---- an emulated device: host memory, the kernel as its augment op -------------
 

@@ -35,66 +35,7 @@
 
 #include "polyview.h"
 
-// ---- the backend services nn_kernels.cuh calls, over host memory ---------------
-
-namespace pvcuda {
-namespace {
-std::string g_error;
-}  // namespace
-
-const pv_host_services &host() {
-  static const pv_host_services s = {[](const char *m) { g_error = m; },
-                                     [](int, const char *) {}};
-  return s;
-}
-
-pv_status fail(pv_status status, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  g_error = msg;
-  return status;
-}
-
-pv_status fail_at(pv_status status, const char *file, int line, const char *fmt, ...) {
-  char msg[1024];
-  int k = snprintf(msg, sizeof msg, "%s:%d: ", file, line);
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
-  va_end(ap);
-  g_error = msg;
-  return status;
-}
-
-pv_status cuda_fail(cudaError_t err, const char *file, int line, const char *call) {
-  return fail_at(PV_ERR_BACKEND, file, line, "%s: emulated error %d", call, err);
-}
-
-void log_msg(pv_log_level, const char *, ...) {}
-
-pv_status ctx_alloc(Context *ctx, int64_t bytes, void **ptr, const char *, int) {
-  *ptr = bytes > 0 ? std::aligned_alloc(256, (size_t)(bytes + 255) / 256 * 256) : nullptr;
-  if (bytes > 0 && !*ptr) return fail(PV_ERR_OUT_OF_MEMORY, "emulated alloc failed");
-  if (*ptr) std::memset(*ptr, 0x7f, (size_t)bytes);  // garbage shows unwritten reads
-  std::lock_guard<std::mutex> lock(ctx->mu);
-  ctx->in_use += bytes;
-  ctx->sizes[*ptr] = bytes;
-  if (ctx->in_use > ctx->peak) ctx->peak = ctx->in_use;
-  return PV_OK;
-}
-
-void ctx_free(Context *ctx, void *ptr) {
-  if (!ptr) return;
-  std::lock_guard<std::mutex> lock(ctx->mu);
-  ctx->in_use -= ctx->sizes[ptr];
-  ctx->sizes.erase(ptr);
-  std::free(ptr);
-}
-
-}  // namespace pvcuda
+#include "emulate_services.h"  // host(), fail, ctx_alloc, ... over host memory
 
 // ---- inputs, the CPU side, reporting ------------------------------------------------
 
