@@ -72,6 +72,17 @@ func TestSafetensorsRejects(t *testing.T) {
 		{"overlap", append(header(`{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},`+
 			`"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}`), 1, 2, 3), "overlap"},
 	}
+	// An empty tensor may share its offset with a neighbour, in either
+	// header order: it holds no bytes, so nothing overlaps.
+	for _, h := range []string{
+		`{"e":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"s":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`,
+		`{"s":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"e":{"dtype":"F32","shape":[0],"data_offsets":[2,2]}}`,
+		`{"s":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"e":{"dtype":"F32","shape":[0],"data_offsets":[1,1]}}`,
+	} {
+		if _, _, err := DecodeSafetensors(append(header(h), 1, 2)); err != nil {
+			t.Errorf("empty tensor beside another: %v", err)
+		}
+	}
 	for _, c := range cases {
 		_, _, err := DecodeSafetensors(c.b)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

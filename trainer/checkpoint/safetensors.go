@@ -178,7 +178,9 @@ func DecodeSafetensors(b []byte) (map[string]Tensor, map[string]string, error) {
 			return nil, nil, fmt.Errorf("tensor %q: %d bytes for shape %v of %s", name, hi-lo,
 				e.Shape, e.DType)
 		}
-		spans = append(spans, span{lo, hi, name})
+		if hi > lo { // an empty tensor occupies no bytes and overlaps nothing
+			spans = append(spans, span{lo, hi, name})
+		}
 		tensors[name] = Tensor{DType: e.DType, Shape: e.Shape, Data: data[lo:hi:hi]}
 	}
 	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
