@@ -242,6 +242,29 @@ func (t *Tensor) read(b []byte) error {
 	})
 }
 
+// CopyFrom copies count elements of src, from element srcOffset on, into
+// t from element dstOffset on (pv_tensor_copy). Offsets and count are in
+// elements of the row-major data; t and src share a device and a dtype,
+// and may be one tensor when the ranges do not overlap. The copy is
+// queued on the device with its other work, with no trip through the
+// host.
+func (t *Tensor) CopyFrom(dstOffset int, src *Tensor, srcOffset, count int) error {
+	dp, err := t.handle("dst")
+	if err != nil {
+		return &Error{Op: "tensor copy", Code: StatusInvalidArgument, Msg: err.Error()}
+	}
+	sp, err := src.handle("src")
+	if err != nil {
+		return &Error{Op: "tensor copy", Code: StatusInvalidArgument, Msg: err.Error()}
+	}
+	err = call("tensor copy", func() C.pv_status {
+		return C.pv_tensor_copy(dp, C.int64_t(dstOffset), sp, C.int64_t(srcOffset), C.int64_t(count))
+	})
+	runtime.KeepAlive(t)
+	runtime.KeepAlive(src)
+	return err
+}
+
 // handle returns the C tensor, or an error naming what when it is closed.
 func (t *Tensor) handle(what string) (*C.pv_tensor, error) {
 	if t == nil {

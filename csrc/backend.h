@@ -65,6 +65,26 @@ typedef struct pv_batchnorm_args {
   void *dx_ptr, *dgamma_ptr, *dbeta_ptr;
 } pv_batchnorm_args;
 
+/* Arguments of the synchronised batch norm ops (nn_syncbn.cc fills them).
+ * rows is this rank's, count the rows over every rank. stats_in_ptr holds
+ * the all-reduced [2, c] sums the op reads (forward_stats,
+ * backward_input); stats_out_ptr the [2, c] sums of this rank's rows the
+ * op writes (stats, backward_stats). */
+typedef struct pv_syncbn_args {
+  int64_t rows, c;  /* x viewed as [rows, c] */
+  int64_t count;
+  double momentum, eps;
+  pv_dtype act_dtype, param_dtype;
+  const void *x_ptr, *shift_ptr, *gamma_ptr, *beta_ptr;
+  const void *stats_in_ptr;
+  void *stats_out_ptr;
+  void *running_mean_ptr, *running_var_ptr;
+  void *save_mean_ptr, *save_invstd_ptr;  /* written by forward_stats, read after */
+  void *y_ptr;
+  const void *dy_ptr;
+  void *dx_ptr;
+} pv_syncbn_args;
+
 typedef struct pv_pool_args {
   int64_t n, h, w, c;  /* x [n, h, w, c] */
   int64_t p, q;        /* y [n, p, q, c]; 1 x 1 for the global average */
@@ -116,6 +136,25 @@ typedef struct pv_augment_args {
   pv_dtype out_dtype;             /* F32 or BF16 */
 } pv_augment_args;
 
+/* Arguments of the collectives (comm.cc fills them after checking
+ * dtypes, element counts and devices). */
+typedef struct pv_comm_init_args {
+  uint8_t id[PV_COMM_ID_BYTES];
+  int rank, size;
+  double timeout_seconds;  /* > 0: bounds init and every collective */
+} pv_comm_init_args;
+
+/* count is the elements this rank sends: the whole tensor for all-reduce
+ * and broadcast (in place: recv_ptr == send_ptr), local's for all-gather,
+ * whose recv_ptr holds size * count. */
+typedef struct pv_comm_args {
+  int64_t count;
+  pv_dtype dtype;
+  const void *send_ptr;
+  void *recv_ptr;
+  int root;  /* broadcast */
+} pv_comm_args;
+
 typedef struct pv_backend {
   int abi_version;   /* PV_ABI_VERSION of the code that filled the table */
   const char *name;  /* "cpu" or "cuda" */
@@ -151,6 +190,11 @@ typedef struct pv_backend {
   pv_status (*conv2d_backward)(void *ctx, const pv_conv2d_args *args);
   pv_status (*batchnorm_forward)(void *ctx, const pv_batchnorm_args *args);
   pv_status (*batchnorm_backward)(void *ctx, const pv_batchnorm_args *args);
+  /* synchronised batch norm: local sums, then ops on all-reduced sums */
+  pv_status (*batchnorm_stats)(void *ctx, const pv_syncbn_args *args);
+  pv_status (*batchnorm_forward_stats)(void *ctx, const pv_syncbn_args *args);
+  pv_status (*batchnorm_backward_stats)(void *ctx, const pv_syncbn_args *args);
+  pv_status (*batchnorm_backward_input)(void *ctx, const pv_syncbn_args *args);
   pv_status (*relu_forward)(void *ctx, const pv_eltwise_args *args);
   pv_status (*relu_backward)(void *ctx, const pv_eltwise_args *args);
   pv_status (*maxpool_forward)(void *ctx, const pv_pool_args *args);
@@ -161,6 +205,21 @@ typedef struct pv_backend {
   pv_status (*linear_forward)(void *ctx, const pv_linear_args *args);
   pv_status (*linear_backward)(void *ctx, const pv_linear_args *args);
   pv_status (*optimizer_step)(void *ctx, const pv_optim_args *args);
+
+  /* -- copies within a device and collectives (csrc/comm.cc) --
+   * copy_d2d queues a copy between two buffers of device ctx on its
+   * stream. comm_init joins a group on device ctx and returns the
+   * backend's communicator, which the other comm_* entries take; each
+   * collective returns once its result is in place. NULL comm_* entries:
+   * the backend has no collectives. */
+  pv_status (*copy_d2d)(void *ctx, void *dst, const void *src, int64_t bytes);
+  pv_status (*comm_unique_id)(void *ctx, uint8_t *id);  /* PV_COMM_ID_BYTES */
+  pv_status (*comm_init)(void *ctx, const pv_comm_init_args *args, void **comm);
+  pv_status (*comm_all_reduce)(void *comm, const pv_comm_args *args);
+  pv_status (*comm_all_gather)(void *comm, const pv_comm_args *args);
+  pv_status (*comm_broadcast)(void *comm, const pv_comm_args *args);
+  pv_status (*comm_abort)(void *comm);  /* any thread, any number of times */
+  void (*comm_destroy)(void *comm);
 } pv_backend;
 
 /* The CPU backend's table (backend_cpu.cc). */

@@ -78,6 +78,10 @@ pv_backend make_table() {
   t.conv2d_backward = cpu_conv2d_backward;
   t.batchnorm_forward = cpu_batchnorm_forward;
   t.batchnorm_backward = cpu_batchnorm_backward;
+  t.batchnorm_stats = cpu_batchnorm_stats;
+  t.batchnorm_forward_stats = cpu_batchnorm_forward_stats;
+  t.batchnorm_backward_stats = cpu_batchnorm_backward_stats;
+  t.batchnorm_backward_input = cpu_batchnorm_backward_input;
   t.relu_forward = cpu_relu_forward;
   t.relu_backward = cpu_relu_backward;
   t.maxpool_forward = cpu_maxpool_forward;
@@ -88,6 +92,8 @@ pv_backend make_table() {
   t.linear_forward = cpu_linear_forward;
   t.linear_backward = cpu_linear_backward;
   t.optimizer_step = cpu_optimizer_step;
+  // Copies within the device; no collectives (CPU ranks use the TCP group).
+  t.copy_d2d = cpu_copy;
   return t;
 }
 

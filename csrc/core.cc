@@ -79,6 +79,13 @@ const char *dtype_name(pv_dtype dtype) {
   return "unknown dtype";
 }
 
+void device_unref(pv_device *dev) {
+  if (dev->refs.fetch_sub(1) == 1) {
+    dev->backend->device_release(dev->ctx);
+    delete dev;
+  }
+}
+
 pv_status check_tensor(const pv_tensor *t, const pv_device *dev, const char *what) {
   if (!t) return fail(PV_ERR_INVALID_ARGUMENT, "%s is NULL", what);
   if (t->dev != dev)
@@ -196,15 +203,8 @@ pv_status pv_device_open(pv_device_kind kind, int index, pv_device **out) {
   })
 }
 
-static void device_unref(pv_device *dev) {
-  if (dev->refs.fetch_sub(1) == 1) {
-    dev->backend->device_release(dev->ctx);
-    delete dev;
-  }
-}
-
 void pv_device_close(pv_device *dev) {
-  if (dev) device_unref(dev);
+  if (dev) pv::device_unref(dev);
 }
 
 const char *pv_device_name(const pv_device *dev) { return dev ? dev->name : ""; }
@@ -220,10 +220,15 @@ int pv_device_has_ops(const pv_device *dev, const char *family) {
   if (!std::strcmp(family, "augment")) return b->augment != nullptr;
   if (!std::strcmp(family, "encoder"))
     return b->conv2d_forward && b->conv2d_backward && b->batchnorm_forward &&
-           b->batchnorm_backward && b->relu_forward && b->relu_backward &&
+           b->batchnorm_backward && b->batchnorm_stats && b->batchnorm_forward_stats &&
+           b->batchnorm_backward_stats && b->batchnorm_backward_input &&
+           b->relu_forward && b->relu_backward &&
            b->maxpool_forward && b->maxpool_backward && b->avgpool_forward &&
            b->avgpool_backward && b->add && b->linear_forward && b->linear_backward &&
            b->optimizer_step;
+  if (!std::strcmp(family, "comm"))
+    return b->comm_unique_id && b->comm_init && b->comm_all_reduce && b->comm_all_gather &&
+           b->comm_broadcast && b->comm_abort && b->comm_destroy;
   return 0;
 }
 
@@ -305,7 +310,7 @@ void pv_tensor_free(pv_tensor *t) {
   pv_device *dev = t->dev;
   dev->backend->free(dev->ctx, t->data);
   delete t;
-  device_unref(dev);
+  pv::device_unref(dev);
 }
 
 pv_dtype pv_tensor_dtype(const pv_tensor *t) { return t->dtype; }

@@ -48,6 +48,10 @@ const pv_host_services *host_services();
 int64_t dtype_size(pv_dtype dtype);
 const char *dtype_name(pv_dtype dtype);
 
+// Drops one reference to dev (a handle, a tensor or a communicator),
+// releasing the device with the last.
+void device_unref(pv_device *dev);
+
 // Checks that t is a usable tensor: not NULL, on dev. what names the
 // argument in the error ("h", "grad").
 pv_status check_tensor(const pv_tensor *t, const pv_device *dev, const char *what);

@@ -41,6 +41,11 @@ pv_status cpu_conv2d_forward(void *ctx, const pv_conv2d_args *args);
 pv_status cpu_conv2d_backward(void *ctx, const pv_conv2d_args *args);
 pv_status cpu_batchnorm_forward(void *ctx, const pv_batchnorm_args *args);
 pv_status cpu_batchnorm_backward(void *ctx, const pv_batchnorm_args *args);
+// Synchronised batch norm (nn_syncbn_cpu.cc).
+pv_status cpu_batchnorm_stats(void *ctx, const pv_syncbn_args *args);
+pv_status cpu_batchnorm_forward_stats(void *ctx, const pv_syncbn_args *args);
+pv_status cpu_batchnorm_backward_stats(void *ctx, const pv_syncbn_args *args);
+pv_status cpu_batchnorm_backward_input(void *ctx, const pv_syncbn_args *args);
 pv_status cpu_relu_forward(void *ctx, const pv_eltwise_args *args);
 pv_status cpu_relu_backward(void *ctx, const pv_eltwise_args *args);
 pv_status cpu_maxpool_forward(void *ctx, const pv_pool_args *args);

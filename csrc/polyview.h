@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever the backend table or an argument struct changes. */
-#define PV_ABI_VERSION 2
+#define PV_ABI_VERSION 3
 
 typedef enum pv_status {
   PV_OK = 0,
@@ -91,8 +91,9 @@ const char *pv_device_name(const pv_device *dev);
 pv_device_kind pv_device_get_kind(const pv_device *dev);
 
 /* 1 when the device's backend implements every op of a family, else 0.
- * Families: "loss", "augment", "encoder" (convolution, batch norm,
- * pooling, ReLU, add, linear, optimizer step). Lets a caller fall back to
+ * Families: "loss", "augment", "encoder" (convolution, batch norm and
+ * its synchronised ops, pooling, ReLU, add, linear, optimizer step), "comm" (the NCCL
+ * collectives, pv_comm_*). Lets a caller fall back to
  * the CPU before it starts work the device cannot finish. */
 int pv_device_has_ops(const pv_device *dev, const char *family);
 
@@ -335,6 +336,60 @@ pv_status pv_batchnorm_backward(pv_device *dev, const pv_batchnorm_desc *desc,
                                 const pv_tensor *dy, pv_tensor *dx, pv_tensor *dgamma,
                                 pv_tensor *dbeta);
 
+/*
+ * Synchronised batch norm: training statistics over the batch of every
+ * data-parallel rank, each rank holding its own rows of x. The caller
+ * all-reduces (sums) two small [2, C] tensors between the ops:
+ *   forward:  pv_batchnorm_stats -> all-reduce -> pv_batchnorm_forward_stats
+ *   backward: pv_batchnorm_backward_stats -> all-reduce ->
+ *             pv_batchnorm_backward_input
+ * With the sums of every rank, each rank gets the y, dx, statistics and
+ * running averages that pv_batchnorm_forward/backward would give on the
+ * whole batch, and the all-reduced backward stats are dbeta and dgamma.
+ * stats tensors are [2, C] in the parameters' dtype; count is the number
+ * of rows over all ranks (each rank's x viewed as [rows, C]), at least 2
+ * (a single row has no variance: pv_batchnorm_forward refuses it too) and
+ * at least this rank's rows. A rank may hold any number of rows, 0 too.
+ * Sums accumulate in double; summed in float32 across ranks they stay
+ * accurate because the forward ones are taken about a shift near the
+ * mean.
+ */
+
+/* stats[0, c] = sum over rows of (x - shift[c]), stats[1, c] = sum of
+ * (x - shift[c])^2. shift [C] is running_mean as forward_stats will see
+ * it on entry. */
+pv_status pv_batchnorm_stats(pv_device *dev, const pv_tensor *x, const pv_tensor *shift,
+                             pv_tensor *stats);
+
+/* From the all-reduced stats, taken with shift = running_mean as it is
+ * on entry: mean = shift + s0 / count, biased var = max(s1 / count -
+ * (s0 / count)^2, 0), invstd = 1 / sqrt(var + eps). Writes save_mean and
+ * save_invstd, y = gamma (x - mean) invstd + beta (y may be x), then
+ * updates running_mean and running_var as pv_batchnorm_forward does in
+ * training (unbiased variance var count / (count - 1)). desc->training
+ * must be 1. */
+pv_status pv_batchnorm_forward_stats(pv_device *dev, const pv_batchnorm_desc *desc,
+                                     const pv_tensor *x, const pv_tensor *gamma,
+                                     const pv_tensor *beta, const pv_tensor *stats,
+                                     int64_t count, pv_tensor *running_mean,
+                                     pv_tensor *running_var, pv_tensor *save_mean,
+                                     pv_tensor *save_invstd, pv_tensor *y);
+
+/* With xhat = (x - save_mean) save_invstd: stats[0, c] = sum of dy and
+ * stats[1, c] = sum of dy xhat over this rank's rows: its dbeta and
+ * dgamma. */
+pv_status pv_batchnorm_backward_stats(pv_device *dev, const pv_tensor *x,
+                                      const pv_tensor *save_mean,
+                                      const pv_tensor *save_invstd, const pv_tensor *dy,
+                                      pv_tensor *stats);
+
+/* dx = gamma invstd (dy - s0 / count - xhat s1 / count) from the
+ * all-reduced backward stats; dx may be dy. */
+pv_status pv_batchnorm_backward_input(pv_device *dev, const pv_tensor *x,
+                                      const pv_tensor *gamma, const pv_tensor *save_mean,
+                                      const pv_tensor *save_invstd, const pv_tensor *dy,
+                                      const pv_tensor *stats, int64_t count, pv_tensor *dx);
+
 /* y = max(x, 0), any shape; y may be x. */
 pv_status pv_relu_forward(pv_device *dev, const pv_tensor *x, pv_tensor *y);
 
@@ -421,6 +476,72 @@ pv_status pv_optimizer_step(pv_device *dev, const pv_optim_desc *desc, pv_tensor
  * pv_cpu_threads() threads busy at once, measured (about 0.2 s): the
  * yardstick for the GEMM's efficiency. */
 pv_status pv_cpu_fma_peak(double *gflops);
+
+/* ---- collectives: copies within a device, NCCL across GPUs (csrc/comm.cc) */
+
+/* Copies count elements from src[src_offset ..] to dst[dst_offset ..],
+ * in element units of their common dtype, on their common device, queued
+ * in order with the device's other work (no host round trip). Both ranges
+ * must lie inside their tensors; dst and src may be one tensor when the
+ * ranges do not overlap. count 0 copies nothing. */
+pv_status pv_tensor_copy(pv_tensor *dst, int64_t dst_offset, const pv_tensor *src,
+                         int64_t src_offset, int64_t count);
+
+/*
+ * A communicator: one rank of a group of GPU ranks, one GPU per rank,
+ * joined over NCCL for data-parallel training. Every rank makes the same
+ * collective calls in the same order, with tensors of the same dtype and
+ * element count. Each collective is queued after the work already queued
+ * on its device and returns only once its result is in place, or with an
+ * error; it never waits longer than the communicator's timeout: past it
+ * (another rank died or hangs) or on an NCCL error the communicator is
+ * aborted, the call fails and so does every later call. Calls on one
+ * communicator from several threads run one at a time. The CPU backend
+ * has no collectives (CPU ranks meet over polyview's TCP group): there
+ * every pv_comm_* call fails with PV_ERR_UNSUPPORTED.
+ */
+typedef struct pv_comm pv_comm;
+
+/* Bytes of a communicator's id (NCCL's unique id). */
+#define PV_COMM_ID_BYTES 128
+
+/* Makes a new id for a group. Rank 0 calls it and sends the bytes to the
+ * other ranks (the trainer does so over TCP); an id serves one pv_comm_init
+ * per rank. */
+pv_status pv_comm_unique_id(pv_device *dev, uint8_t id[PV_COMM_ID_BYTES]);
+
+/* Joins the group named by id as rank (in [0, size)) on dev, a GPU that no
+ * other rank of the group uses. Returns once all size ranks have joined;
+ * fails after timeout_seconds (> 0, finite), which also bounds every
+ * later collective of the communicator, counted from the call (device
+ * work queued before it included) to its result. */
+pv_status pv_comm_init(pv_device *dev, const uint8_t id[PV_COMM_ID_BYTES], int rank, int size,
+                       double timeout_seconds, pv_comm **out);
+
+/* Replaces t, on every rank, by the element-wise sum of all ranks' t, in
+ * place. dtype F32 or BF16. */
+pv_status pv_comm_all_reduce_sum(pv_comm *c, pv_tensor *t);
+
+/* out receives every rank's local, concatenated in rank order: rank r's
+ * elements at [r n, (r + 1) n) of out's row-major data, n the elements of
+ * local. out has size times local's elements and local's dtype. */
+pv_status pv_comm_all_gather(pv_comm *c, const pv_tensor *local, pv_tensor *out);
+
+/* Copies root's t to t on every other rank, in place; root in [0, size). */
+pv_status pv_comm_broadcast(pv_comm *c, pv_tensor *t, int root);
+
+/* Aborts the communicator: a collective in flight on another thread
+ * returns an error, and so do later ones. Callable from any thread, any
+ * number of times, until pv_comm_destroy. */
+pv_status pv_comm_abort(pv_comm *c);
+
+/* Frees the communicator (aborting it if a rank cannot finish cleanly in
+ * its timeout). Call it after every other use, from any thread. */
+void pv_comm_destroy(pv_comm *c);
+
+/* Rank and size the communicator was made with (-1 and 0 for NULL). */
+int pv_comm_rank(const pv_comm *c);
+int pv_comm_size(const pv_comm *c);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,9 @@
 #include "augment_cuda.h"
 #include "common.cuh"
 #include "nn_cuda.h"
+#ifdef POLYVIEW_HAVE_NCCL
+#include "comm_nccl.h"
+#endif
 
 namespace pvcuda {
 namespace {
@@ -197,6 +200,16 @@ pv_status copy_d2h(void *p, void *dst, const void *src, int64_t bytes) {
   return copy(as_ctx(p), dst, src, bytes, cudaMemcpyDeviceToHost);
 }
 
+// A copy within the device is queued like an op: no host buffer waits on
+// it, and the stream orders it between the ops around it.
+pv_status copy_d2d(void *p, void *dst, const void *src, int64_t bytes) {
+  Context *ctx = as_ctx(p);
+  if (bytes <= 0) return PV_OK;
+  PV_CUDA(cudaSetDevice(ctx->device));
+  PV_CUDA(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyDeviceToDevice, ctx->stream));
+  return PV_OK;
+}
+
 pv_status loss_op(void *p, const pv_loss_args *args) {
   return guarded("cuda loss", [&] { return loss(p, args); });
 }
@@ -363,6 +376,12 @@ extern "C" __attribute__((visibility("default"))) pv_status pv_backend_entry(
   pv_cuda_register_augment(table);
 #ifdef POLYVIEW_HAVE_NN
   pv_cuda_register_nn(table);  // without cuDNN the encoder ops stay NULL (unsupported)
+  pv_cuda_register_syncbn(table);  // synchronised batch norm, with the encoder ops
+#endif
+  // -- copies within a device and collectives --
+  table->copy_d2d = copy_d2d;
+#ifdef POLYVIEW_HAVE_NCCL
+  pv_cuda_register_comm(table);  // without NCCL the comm_* entries stay NULL (unsupported)
 #endif
   return PV_OK;
 }

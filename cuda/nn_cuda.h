@@ -17,4 +17,8 @@
 
 void pv_cuda_register_nn(pv_backend *table);
 
+// Sets the four synchronised batch norm entries (nn_syncbn_cuda.cu), built
+// and registered with the encoder ops.
+void pv_cuda_register_syncbn(pv_backend *table);
+
 #endif  // POLYVIEW_NN_CUDA_H

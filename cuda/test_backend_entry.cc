@@ -54,15 +54,34 @@ int main(int argc, char **argv) {
         "names itself cuda with the right version");
   check(table.device_count && table.device_init && table.device_release && table.synchronize &&
             table.memory && table.reset_peak && table.alloc && table.free && table.copy_h2d &&
-            table.copy_d2h && table.loss && table.augment,
-        "fills every op it implements (loss, augment)");
+            table.copy_d2h && table.copy_d2d && table.loss && table.augment,
+        "fills every op it implements (copies, loss, augment)");
 #ifdef POLYVIEW_TEST_NN
   check(table.conv2d_forward && table.conv2d_backward && table.batchnorm_forward &&
-            table.batchnorm_backward && table.relu_forward && table.relu_backward &&
+            table.batchnorm_backward && table.batchnorm_stats &&
+            table.batchnorm_forward_stats && table.batchnorm_backward_stats &&
+            table.batchnorm_backward_input && table.relu_forward && table.relu_backward &&
             table.maxpool_forward && table.maxpool_backward && table.avgpool_forward &&
             table.avgpool_backward && table.add && table.linear_forward &&
             table.linear_backward && table.optimizer_step,
         "fills every encoder op (built with cuDNN)");
+#endif
+#ifdef POLYVIEW_TEST_COMM
+  check(table.comm_unique_id && table.comm_init && table.comm_all_reduce &&
+            table.comm_all_gather && table.comm_broadcast && table.comm_abort &&
+            table.comm_destroy,
+        "fills every collective (built with NCCL)");
+  // An id needs NCCL and a network interface (loopback will do), no GPU:
+  // this runs NCCL code on every machine that builds the library.
+  {
+    uint8_t id[PV_COMM_ID_BYTES] = {};
+    g_error.clear();
+    pv_status st = table.comm_unique_id(nullptr, id);
+    bool nonzero = false;
+    for (uint8_t b : id) nonzero = nonzero || b != 0;
+    std::printf("  comm_unique_id: status %d %s\n", st, g_error.c_str());
+    check(st == PV_OK && nonzero, "makes an NCCL unique id");
+  }
 #endif
 
   int count = -1;
@@ -98,6 +117,12 @@ int main(int argc, char **argv) {
       check(table.copy_h2d(ctx, p, in, 16) == PV_OK && table.copy_d2h(ctx, out, p, 16) == PV_OK &&
                 std::memcmp(in, out, 16) == 0,
             "copies bytes there and back");
+      unsigned char moved[8] = {};
+      char *bytes = static_cast<char *>(p);
+      check(table.copy_d2d(ctx, bytes + 8, bytes, 8) == PV_OK &&
+                table.copy_d2h(ctx, moved, bytes + 8, 8) == PV_OK &&
+                std::memcmp(moved, in, 8) == 0,
+            "copies bytes within the device");
       table.free(ctx, p);
       check(table.memory(ctx, &in_use, &peak) == PV_OK && in_use == 0 && peak == (1 << 20),
             "frees it and keeps the peak");

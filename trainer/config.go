@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/polyview/polyview/bindings"
+	"github.com/polyview/polyview/trainer/dist"
 )
 
 // Config is every setting of a run. The zero value is not usable: start
@@ -28,7 +29,7 @@ type Config struct {
 	HeadDims  []int   `json:"head_dims"` // projection head widths, 2 or 3 layers
 	ZeroInit  bool    `json:"zero_init"` // zero last BN scale of each residual block
 	Objective string  `json:"objective"` // simclr, multicrop, gpvc, apvc, suffstats, mvinfonce, mvdhel
-	N         int     `json:"n"`         // images per step
+	N         int     `json:"n"`         // images per step, over all data-parallel ranks
 	M         int     `json:"m"`         // views per image
 	Tau       float64 `json:"tau"`
 	Views     string  `json:"views"`     // recipe: simclr, simclr-cifar, mnist, byol, multicrop:GxS,LxS
@@ -66,8 +67,18 @@ type Config struct {
 	// StopAfter ends this process's share of the run after that many steps
 	// with a checkpoint, for time-sliced or preemptible jobs; -resume auto
 	// continues. 0 runs to the end. Not part of the run's identity.
-	StopAfter int  `json:"-"`
-	Progress  bool `json:"progress"` // progress bar on a terminal
+	StopAfter int `json:"-"`
+
+	// SyncBN: with several data-parallel ranks, batch normalisation uses
+	// the statistics of the global batch (the one-rank result); false
+	// keeps each rank's own.
+	SyncBN bool `json:"sync_bn"`
+	// Dist is this process's data-parallel group (nil: one rank). Each
+	// rank trains on N / Dist.Size() images of every step; only rank 0
+	// writes the output folder. A TCP group on a CUDA device is upgraded
+	// to NCCL for the collectives.
+	Dist     dist.Collective `json:"-"`
+	Progress bool            `json:"progress"` // progress bar on a terminal
 }
 
 // DefaultConfig is the built-in run: the small ConvNet on MNIST on the CPU
@@ -79,7 +90,7 @@ func DefaultConfig() Config {
 		Optimizer: "lars", LR: 0.3, LRScaling: "linear", Momentum: 0.9, WeightDecay: 1e-6,
 		WarmupSteps: 20, Epochs: 1, Steps: 250, Precision: "fp32", Device: "auto", Seed: 0,
 		Out: "runs/default", KeepCkpts: 2, LogEvery: 10, KNNK: 200, KNNTemp: 0.07,
-		KNNEvery: 1, KNNBank: 5000, KNNQueries: 1000, Progress: true,
+		KNNEvery: 1, KNNBank: 5000, KNNQueries: 1000, Progress: true, SyncBN: true,
 	}
 }
 
@@ -98,7 +109,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	})
 	fs.BoolVar(&c.ZeroInit, "zero-init-residual", c.ZeroInit, "zero-initialise the last BN scale of residual blocks")
 	fs.StringVar(&c.Objective, "objective", c.Objective, "simclr, multicrop, gpvc, apvc, suffstats, mvinfonce, mvdhel")
-	fs.IntVar(&c.N, "n", c.N, "images per step")
+	fs.IntVar(&c.N, "n", c.N, "images per step (the global batch: each of W ranks takes N/W)")
 	fs.IntVar(&c.M, "m", c.M, "views per image")
 	fs.Float64Var(&c.Tau, "tau", c.Tau, "temperature")
 	fs.StringVar(&c.Views, "views", c.Views, "view recipe: mnist, simclr, simclr-cifar, byol, multicrop:2x32,6x16")
@@ -134,6 +145,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ProfileSteps, "profile-steps", c.ProfileSteps, "A:B limits profiler capture to steps [A, B) (Nsight: --capture-range=cudaProfilerApi)")
 	fs.IntVar(&c.StopAfter, "stop-after", c.StopAfter, "checkpoint and exit after this many steps (resume with -resume auto)")
 	fs.BoolVar(&c.Progress, "progress", c.Progress, "show a progress bar on a terminal")
+	fs.BoolVar(&c.SyncBN, "sync-bn", c.SyncBN, "data-parallel: batch norm over the global batch (false: per rank)")
 }
 
 // LoadFile reads a JSON config file over c; unknown fields are an error
@@ -160,6 +172,9 @@ func (c *Config) Validate() error {
 	}
 	if c.N < 2 {
 		bad("-n %d: need at least 2 images per step (negatives)", c.N)
+	}
+	if w := c.worldSize(); w > 1 && c.N%w != 0 {
+		bad("-n %d: the global batch must split evenly over the %d data-parallel ranks", c.N, w)
 	}
 	if c.M < 2 {
 		bad("-m %d: need at least 2 views per image", c.M)
@@ -312,4 +327,12 @@ func parseIntList(s string) ([]int, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// worldSize is the number of data-parallel ranks.
+func (c *Config) worldSize() int {
+	if c.Dist == nil {
+		return 1
+	}
+	return c.Dist.Size()
 }

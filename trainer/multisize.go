@@ -52,7 +52,7 @@ func (r *run) multiSizeStep(b *datasets.Batch) (float64, error) {
 		return 0, err
 	}
 	defer dh.Close()
-	loss, err := r.loss.ForwardBackward(ht, dh)
+	loss, err := r.lossStep(ht, dh)
 	if err != nil || math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return loss, err
 	}
@@ -92,6 +92,10 @@ func (r *run) multiSizeStep(b *datasets.Batch) (float64, error) {
 	}
 	for i, p := range params {
 		r.spareGrads[i], p.Grad = p.Grad, acc[i]
+	}
+	// p.Grad is again the tensor it was before the step (the reducer's).
+	if err := r.reduceGrads(); err != nil {
+		return 0, err
 	}
 	return loss, r.opt.Step(r.sched.LR(int(r.step)))
 }

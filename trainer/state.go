@@ -20,6 +20,9 @@ const optimPrefix = "optim/"
 // checkpoint writes the run's state as ckpt-<step> in the output folder
 // and prunes old ones down to KeepCkpts.
 func (r *run) checkpoint() error {
+	if !r.rank0() {
+		return nil // rank 0 holds the same state and writes it
+	}
 	tensors := map[string]checkpoint.Tensor{}
 	add := func(prefix string, ps []*model.Param) error {
 		for _, p := range ps {
@@ -44,7 +47,7 @@ func (r *run) checkpoint() error {
 	st := checkpoint.State{Step: r.step, Epoch: r.epoch, BatchInEpoch: r.batchInEp,
 		Seed: r.cfg.Seed, Config: cfg,
 		Extra: map[string]float64{"optimizer_steps": float64(r.opt.Steps()),
-			"loss": r.res.FinalLoss}}
+			"loss": r.res.FinalLoss, "world_size": float64(r.world())}}
 	base := checkpoint.BaseName(r.step)
 	if err := checkpoint.Save(r.cfg.Out, base, tensors, st); err != nil {
 		return err

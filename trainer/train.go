@@ -18,6 +18,7 @@ import (
 	"github.com/polyview/polyview/bindings"
 	"github.com/polyview/polyview/datasets"
 	"github.com/polyview/polyview/trainer/checkpoint"
+	"github.com/polyview/polyview/trainer/dist"
 	"github.com/polyview/polyview/trainer/eval"
 	"github.com/polyview/polyview/trainer/gpumon"
 	"github.com/polyview/polyview/trainer/metrics"
@@ -63,6 +64,13 @@ type run struct {
 	gpu     *gpumon.Monitor
 	prof    *profiler
 
+	// Data-parallel (parallel.go): nil group for one rank.
+	group    dist.Collective
+	ownGroup dist.Collective // a group this run made (NCCL) and closes
+	gloss    *dist.GlobalLoss
+	reducer  *dist.GradReducer
+	flags    *bindings.Tensor
+
 	spareGrads []*bindings.Tensor // multi-size steps: gradients of one group
 	views, dh  *bindings.Tensor   // the step's views and dL/dh, reused across steps
 
@@ -80,11 +88,19 @@ func Train(ctx context.Context, cfg Config, log *slog.Logger, console io.Writer)
 	r.res.KNNBefore, r.res.KNNAfter = math.NaN(), math.NaN()
 	defer r.close()
 	if err := r.setup(); err != nil {
+		if cfg.Dist != nil {
+			cfg.Dist.Fail(err)
+		}
 		return nil, err
 	}
 	err := r.loop(ctx)
-	r.writePlots()
+	if r.rank0() {
+		r.writePlots()
+	}
 	if err != nil {
+		if r.group != nil && !errors.Is(err, ErrStopped) && !errors.Is(err, ErrInterrupted) {
+			r.group.Fail(err) // the other ranks stop now rather than time out
+		}
 		return &r.res, err
 	}
 	return &r.res, nil
@@ -97,6 +113,7 @@ func (r *run) close() {
 	if r.opt != nil {
 		r.opt.Close()
 	}
+	r.closeDist()
 	for _, t := range append(r.spareGrads, r.views, r.dh) {
 		if t != nil {
 			t.Close()
@@ -144,11 +161,13 @@ func (r *run) setup() error {
 	if err := r.cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if resumeTensors == nil {
+	if resumeTensors == nil && r.rank0() {
 		r.cfg.Out = freshOut(r.cfg.Out, r.log)
 	}
-	if err := os.MkdirAll(r.cfg.Out, 0o755); err != nil {
-		return err
+	if r.rank0() {
+		if err := os.MkdirAll(r.cfg.Out, 0o755); err != nil {
+			return err
+		}
 	}
 	if err := r.open(); err != nil {
 		return err
@@ -166,6 +185,12 @@ func (r *run) setup() error {
 			return err
 		}
 		r.log.Info("initialised weights", "from", r.cfg.InitFrom)
+	}
+	if err := r.setupDist(); err != nil {
+		return err
+	}
+	if !r.rank0() {
+		return nil // rank 0 writes the folder and prints the summary
 	}
 	cfgJSON, _ := json.MarshalIndent(r.cfg, "", "  ")
 	if err := os.WriteFile(filepath.Join(r.cfg.Out, "config.json"), cfgJSON, 0o644); err != nil {
@@ -191,7 +216,8 @@ func (r *run) adoptConfig(raw json.RawMessage) error {
 	}
 	saved.Out, saved.Resume, saved.InitFrom = r.cfg.Out, r.cfg.Resume, ""
 	saved.Device, saved.Progress, saved.LogEvery = r.cfg.Device, r.cfg.Progress, r.cfg.LogEvery
-	saved.ProfileSteps = r.cfg.ProfileSteps
+	saved.ProfileSteps, saved.Dist = r.cfg.ProfileSteps, r.cfg.Dist
+	saved.Threads, saved.Workers = r.cfg.Threads, r.cfg.Workers
 	r.cfg = saved
 	return nil
 }
@@ -332,14 +358,26 @@ func (r *run) loop(ctx context.Context) error {
 	var waitTotal, stepTotal time.Duration
 	for r.step < r.total {
 		loader, err := datasets.NewLoader(r.train, datasets.LoaderConfig{
-			BatchSize: r.cfg.N, Seed: r.cfg.Seed, Epoch: r.epoch, StartBatch: r.batchInEp,
-			Workers: r.cfg.Workers, DropLast: true})
+			BatchSize: r.localN(), Seed: r.cfg.Seed, Epoch: r.epoch, StartBatch: r.batchInEp,
+			Rank: r.rank(), WorldSize: r.world(), Workers: r.cfg.Workers, DropLast: true})
 		if err != nil {
 			return err
 		}
-		for r.step < r.total {
+		for r.step < r.total && r.batchInEp < r.stepsPerEpoch {
 			stopped := r.cfg.StopAfter > 0 && r.step-r.res.ResumedAtStep >= int64(r.cfg.StopAfter)
-			if ctx.Err() != nil || stopped {
+			interrupted := ctx.Err() != nil
+			if r.group != nil {
+				// Every rank stops at the same step, whichever was asked.
+				anyStop, _, err := r.agree(interrupted || stopped, false)
+				if err != nil {
+					loader.Close()
+					return fmt.Errorf("step %d: %w", r.step, err)
+				}
+				if anyStop && !interrupted && !stopped {
+					interrupted = true
+				}
+			}
+			if interrupted || stopped {
 				loader.Close()
 				bar.done()
 				why := ErrInterrupted
@@ -365,7 +403,19 @@ func (r *run) loop(ctx context.Context) error {
 				return err
 			}
 			r.batchInEp = b.Position + 1
-			if len(b.Samples) < 2 {
+			short := len(b.Samples) < max(2, r.localN())
+			if r.group != nil {
+				// A bad sample shortened a batch somewhere: the ranks' shares
+				// must stay equal, so every rank skips this step.
+				if _, short, err = r.agree(false, short); err != nil {
+					b.Release()
+					loader.Close()
+					return fmt.Errorf("step %d: %w", r.step, err)
+				}
+			} else {
+				short = len(b.Samples) < 2
+			}
+			if short {
 				b.Release()
 				continue
 			}
@@ -383,15 +433,16 @@ func (r *run) loop(ctx context.Context) error {
 			}
 			r.step++
 			dt := time.Since(t0)
-			if r.step > r.res.ResumedAtStep+1 { // the first step warms up
-				viewsTimed += float64(len(b.Samples) * r.cfg.M)
+			views := float64(len(b.Samples) * r.cfg.M * r.world()) // over all ranks
+			if r.step > r.res.ResumedAtStep+1 {                    // the first step warms up
+				viewsTimed += views
 				timeTimed += dt
 			}
 			waitTotal += wait
 			stepTotal += dt
 			r.res.FinalLoss = loss
 			r.res.Losses = append(r.res.Losses, loss)
-			vps := float64(len(b.Samples)*r.cfg.M) / dt.Seconds()
+			vps := views / dt.Seconds()
 			bar.update(r.step, loss, vps, waitTotal.Seconds()/stepTotal.Seconds())
 			if r.cfg.LogEvery > 0 && r.step%int64(r.cfg.LogEvery) == 0 {
 				r.record(loss, vps, waitTotal.Seconds()/stepTotal.Seconds())
@@ -452,7 +503,7 @@ func (r *run) trainStep(b *datasets.Batch) (float64, error) {
 	}
 	dh := r.dh
 	end = r.dev.Range("loss")
-	loss, err := r.loss.ForwardBackward(h, dh)
+	loss, err := r.lossStep(h, dh)
 	end()
 	if err != nil {
 		return 0, err
@@ -466,12 +517,18 @@ func (r *run) trainStep(b *datasets.Batch) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := r.reduceGrads(); err != nil {
+		return 0, err
+	}
 	end = r.dev.Range("optimizer")
 	defer end()
 	return loss, r.opt.Step(r.sched.LR(int(r.step)))
 }
 
 func (r *run) record(loss, vps, wait float64) {
+	if r.metrics == nil {
+		return // not rank 0
+	}
 	rec := metrics.Record{Kind: "step", Step: r.step, Epoch: r.epoch, Loss: loss,
 		LR: r.sched.LR(int(r.step - 1)), ViewsPerSec: vps, ImagesPerSec: vps / float64(r.cfg.M),
 		DataWait: wait, GPU: r.gpu.Read()}
@@ -487,7 +544,7 @@ func (r *run) record(loss, vps, wait float64) {
 
 // evalKNN measures the encoder with the kNN monitor; NaN when off.
 func (r *run) evalKNN(when string) float64 {
-	if r.held == nil || r.train.NumClasses() <= 0 {
+	if r.held == nil || r.train.NumClasses() <= 0 || !r.rank0() {
 		return math.NaN()
 	}
 	rec := EvalRecipe(r.recipes[0])

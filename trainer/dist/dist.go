@@ -1,192 +1,217 @@
-// Package dist is data-parallel training's communication: one Collective
-// interface that the trainer calls, an in-process implementation (ranks
-// are goroutines; used by tests and single-machine CPU runs), and the
-// poly-view loss with global negatives built on it.
+// Package dist is data-parallel training's communication. The trainer
+// calls one interface, Collective; three groups implement it:
 //
-// What is here is the CPU-testable core of issue 8. Not yet written: the
-// NCCL implementation (GPU ranks), the TCP exchange of the NCCL id, the
-// launcher, synchronised batch norm and the trainer's data-parallel loop.
+//   - NewLocalGroup: ranks are goroutines of one process that meet in
+//     shared memory (tests, and the reference the others are checked
+//     against);
+//   - Join: ranks are processes, on one machine or many, that meet over
+//     TCP at rank 0 (CPU training, and the rendezvous of GPU ranks);
+//   - JoinNCCL: GPU ranks; the NCCL unique id travels over the TCP group
+//     and every collective then runs in NCCL on device memory.
+//
+// FromEnv reads the rank layout that torchrun or SLURM set, and Launch
+// starts the local ranks of one machine.
 package dist
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
-	"time"
+	"math"
+
+	"github.com/polyview/polyview/bindings"
 )
 
-// Collective is one rank's view of a group of ranks. Every rank must make
-// the same calls in the same order. A call fails, rather than hanging,
-// when another rank has failed or does not arrive within the group's
-// timeout.
+// Collective is one rank's handle on a group of ranks. Every rank must
+// make the same calls in the same order. A call fails, rather than
+// hanging, when another rank has failed, has gone, or does not arrive
+// within the group's timeout; after a failure every later call fails too.
 type Collective interface {
 	Rank() int
 	Size() int
-	// AllGather returns the ranks' local slices concatenated in rank
-	// order. Slices may differ in length.
-	AllGather(ctx context.Context, local []float32) ([]float32, error)
-	// AllReduceSum replaces buf, on every rank, by the element-wise sum of
-	// all ranks' bufs (same length everywhere), summed in rank order so
-	// that every rank gets bit-identical results.
-	AllReduceSum(ctx context.Context, buf []float32) error
-	// Fail marks this rank as failed: every pending and later call of
-	// every rank returns an error naming it.
+	// AllGather writes every rank's local tensor into out, concatenated in
+	// rank order: out has Size() times local's elements, local's dtype.
+	AllGather(ctx context.Context, local, out *bindings.Tensor) error
+	// AllReduceSum replaces t, on every rank, by the element-wise sum of
+	// all ranks' t. Every rank gets the same bits.
+	AllReduceSum(ctx context.Context, t *bindings.Tensor) error
+	// Broadcast copies root's t into every rank's t.
+	Broadcast(ctx context.Context, t *bindings.Tensor, root int) error
+	// Fail marks this rank as failed: the other ranks' pending and later
+	// calls return an error naming it and err.
 	Fail(err error)
+	// Traffic reports what this rank has sent so far.
+	Traffic() Traffic
+	Close() error
+}
+
+// Traffic counts the payload bytes one rank has sent.
+type Traffic struct {
+	Bytes int64 // payload bytes put on the wire (or, for NCCL, what its ring algorithms send)
+	Calls int64 // collectives
+	// Measured is false where Bytes is computed from the algorithm rather
+	// than counted (NCCL), true where every byte was counted (TCP, local).
+	Measured bool
 }
 
 // ErrTimeout is returned (wrapped) when a rank does not arrive in time.
 var ErrTimeout = errors.New("collective timed out")
 
-// NewLocalGroup returns size in-process ranks that meet through shared
-// memory; a call waits at most timeout for the others.
-func NewLocalGroup(size int, timeout time.Duration) ([]Collective, error) {
-	if size < 1 {
-		return nil, fmt.Errorf("local group of %d ranks", size)
+// opKind names a collective in frames and in errors.
+type opKind uint8
+
+const (
+	opGather opKind = iota + 1
+	opReduce
+	opBroadcast
+)
+
+func (k opKind) String() string {
+	switch k {
+	case opGather:
+		return "all-gather"
+	case opReduce:
+		return "all-reduce"
+	case opBroadcast:
+		return "broadcast"
 	}
-	g := &localGroup{size: size, timeout: timeout, slots: make([][]float32, size)}
-	g.cond = sync.NewCond(&g.mu)
-	out := make([]Collective, size)
-	for r := range out {
-		out[r] = &localRank{g: g, rank: r}
+	return fmt.Sprintf("op %d", uint8(k))
+}
+
+// op describes one collective call; every rank's must agree.
+type op struct {
+	kind  opKind
+	dtype bindings.DType
+	root  int // broadcast
+	bytes int // this rank's payload: equal on every rank
+}
+
+func (o op) String() string {
+	s := fmt.Sprintf("%v of %d bytes of %v", o.kind, o.bytes, o.dtype)
+	if o.kind == opBroadcast {
+		s += fmt.Sprintf(" from rank %d", o.root)
 	}
-	return out, nil
+	return s
 }
 
-// localGroup runs one collective at a time: ranks deposit their slices,
-// the last to arrive publishes the result, and each rank leaves with it.
-type localGroup struct {
-	mu      sync.Mutex
-	cond    *sync.Cond
-	size    int
-	timeout time.Duration
-	round   uint64      // collectives completed
-	arrived int         // ranks deposited in the current round
-	slots   [][]float32 // deposits of the current round, by rank
-	result  []float32   // the last completed round's result
-	left    int         // ranks still to take the last result
-	failed  error
-}
-
-type localRank struct {
-	g    *localGroup
-	rank int
-}
-
-func (r *localRank) Rank() int { return r.rank }
-func (r *localRank) Size() int { return r.g.size }
-
-func (r *localRank) Fail(err error) {
-	g := r.g
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.failed == nil {
-		g.failed = fmt.Errorf("rank %d failed: %w", r.rank, err)
-	}
-	g.cond.Broadcast()
-}
-
-func (r *localRank) AllGather(ctx context.Context, local []float32) ([]float32, error) {
-	return r.g.collect(ctx, r.rank, local, func(slots [][]float32) ([]float32, error) {
-		var out []float32
+// combine computes a collective's result from every rank's payload, in
+// rank order: the same bytes whichever rank computes it.
+func combine(o op, slots [][]byte) ([]byte, error) {
+	switch o.kind {
+	case opGather:
+		out := make([]byte, 0, len(slots)*o.bytes)
 		for _, s := range slots {
 			out = append(out, s...)
 		}
 		return out, nil
-	})
+	case opBroadcast:
+		return append([]byte(nil), slots[o.root]...), nil
+	case opReduce:
+		return reduceSum(o.dtype, slots)
+	}
+	return nil, fmt.Errorf("unknown collective %v", o.kind)
 }
 
-func (r *localRank) AllReduceSum(ctx context.Context, buf []float32) error {
-	res, err := r.g.collect(ctx, r.rank, buf, func(slots [][]float32) ([]float32, error) {
-		sum := make([]float32, len(slots[0]))
-		for k, s := range slots {
-			if len(s) != len(sum) {
-				return nil, fmt.Errorf("all-reduce: rank %d has %d values, rank 0 %d", k,
-					len(s), len(sum))
+// reduceSum adds the slots element-wise, rank 0 first.
+func reduceSum(dt bindings.DType, slots [][]byte) ([]byte, error) {
+	out := append([]byte(nil), slots[0]...)
+	le := binary.LittleEndian
+	switch dt {
+	case bindings.Float32:
+		for _, s := range slots[1:] {
+			for i := 0; i+4 <= len(out); i += 4 {
+				v := math.Float32frombits(le.Uint32(out[i:])) + math.Float32frombits(le.Uint32(s[i:]))
+				le.PutUint32(out[i:], math.Float32bits(v))
 			}
-			for i, v := range s {
-				sum[i] += v
+		}
+	case bindings.Float64:
+		for _, s := range slots[1:] {
+			for i := 0; i+8 <= len(out); i += 8 {
+				v := math.Float64frombits(le.Uint64(out[i:])) + math.Float64frombits(le.Uint64(s[i:]))
+				le.PutUint64(out[i:], math.Float64bits(v))
 			}
 		}
-		return sum, nil
-	})
-	if err == nil {
-		copy(buf, res)
-	}
-	return err
-}
-
-// collect deposits local, waits for every rank, and returns combine's
-// result of the round (computed once, by the last rank to arrive).
-func (g *localGroup) collect(ctx context.Context, rank int, local []float32,
-	combine func([][]float32) ([]float32, error)) ([]float32, error) {
-	deadline := time.Now().Add(g.timeout)
-	stop := context.AfterFunc(ctx, func() {
-		g.mu.Lock()
-		g.cond.Broadcast()
-		g.mu.Unlock()
-	})
-	defer stop()
-	timer := time.AfterFunc(g.timeout, func() {
-		g.mu.Lock()
-		g.cond.Broadcast()
-		g.mu.Unlock()
-	})
-	defer timer.Stop()
-
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	// Wait until the previous round's result has been taken by everyone.
-	for g.left > 0 && g.failed == nil {
-		if err := g.waitErr(ctx, deadline, rank); err != nil {
-			return nil, err
-		}
-		g.cond.Wait()
-	}
-	if g.failed != nil {
-		return nil, g.failed
-	}
-	round := g.round
-	g.slots[rank] = append([]float32(nil), local...)
-	g.arrived++
-	if g.arrived == g.size {
-		res, err := combine(g.slots)
-		if err != nil {
-			g.failed = err
-			g.cond.Broadcast()
-			return nil, err
-		}
-		g.result, g.arrived, g.left = res, 0, g.size
-		g.round++
-		g.cond.Broadcast()
-	}
-	for g.round == round && g.failed == nil {
-		if err := g.waitErr(ctx, deadline, rank); err != nil {
-			// Leave the round: the others will see the failure.
-			g.failed = err
-			g.cond.Broadcast()
-			return nil, err
-		}
-		g.cond.Wait()
-	}
-	if g.failed != nil && g.round == round {
-		return nil, g.failed
-	}
-	out := append([]float32(nil), g.result...)
-	g.left--
-	if g.left == 0 {
-		g.cond.Broadcast()
+	default:
+		return nil, fmt.Errorf("all-reduce of %v tensors: want float32 or float64", dt)
 	}
 	return out, nil
 }
 
-func (g *localGroup) waitErr(ctx context.Context, deadline time.Time, rank int) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("rank %d: %w", rank, err)
-	}
-	if time.Now().After(deadline) {
-		return fmt.Errorf("rank %d waited %v for the other ranks: %w", rank, g.timeout,
-			ErrTimeout)
-	}
-	return nil
+// exchanger is what a host group provides: deposit this rank's payload
+// of a collective and get the combined result back.
+type exchanger interface {
+	// exchange returns the result and the bytes this rank sent for it.
+	exchange(ctx context.Context, o op, payload []byte) ([]byte, int64, error)
 }
+
+// hostOps implements the tensor collectives of a group whose data moves
+// through host memory (the local and TCP groups).
+type hostOps struct {
+	ex         exchanger
+	rank, size int
+	traffic    Traffic
+}
+
+func (h *hostOps) Rank() int { return h.rank }
+func (h *hostOps) Size() int { return h.size }
+
+func (h *hostOps) AllGather(ctx context.Context, local, out *bindings.Tensor) error {
+	if out.DType() != local.DType() || out.Numel() != h.size*local.Numel() {
+		return fmt.Errorf("all-gather: out is %v %v, want %v with %d x %d elements",
+			out.DType(), out.Shape(), local.DType(), h.size, local.Numel())
+	}
+	b := make([]byte, local.Bytes())
+	if err := local.ReadBytes(b); err != nil {
+		return err
+	}
+	res, err := h.run(ctx, op{kind: opGather, dtype: local.DType(), bytes: len(b)}, b)
+	if err != nil {
+		return err
+	}
+	return out.WriteBytes(res)
+}
+
+func (h *hostOps) AllReduceSum(ctx context.Context, t *bindings.Tensor) error {
+	b := make([]byte, t.Bytes())
+	if err := t.ReadBytes(b); err != nil {
+		return err
+	}
+	res, err := h.run(ctx, op{kind: opReduce, dtype: t.DType(), bytes: len(b)}, b)
+	if err != nil {
+		return err
+	}
+	return t.WriteBytes(res)
+}
+
+func (h *hostOps) Broadcast(ctx context.Context, t *bindings.Tensor, root int) error {
+	if root < 0 || root >= h.size {
+		return fmt.Errorf("broadcast from rank %d of %d", root, h.size)
+	}
+	// Only the root's bytes travel.
+	var b []byte
+	if h.rank == root {
+		b = make([]byte, t.Bytes())
+		if err := t.ReadBytes(b); err != nil {
+			return err
+		}
+	}
+	res, err := h.run(ctx, op{kind: opBroadcast, dtype: t.DType(), root: root, bytes: t.Bytes()}, b)
+	if err != nil {
+		return err
+	}
+	return t.WriteBytes(res)
+}
+
+func (h *hostOps) run(ctx context.Context, o op, payload []byte) ([]byte, error) {
+	res, sent, err := h.ex.exchange(ctx, o, payload)
+	h.traffic.Calls++
+	h.traffic.Bytes += sent
+	if err == nil && o.kind != opGather && len(res) != o.bytes {
+		err = fmt.Errorf("%v: %d bytes came back", o, len(res))
+	}
+	return res, err
+}
+
+// Traffic reports the bytes counted by the transport.
+func (h *hostOps) Traffic() Traffic { t := h.traffic; t.Measured = true; return t }

@@ -3,60 +3,82 @@ package dist
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/polyview/polyview/bindings"
 )
 
-// GlobalLoss evaluates loss with global negatives: each rank holds the
-// projections of its own images, h [n_r, M, d] (host float32, sample-
-// major), and every rank's anchors are contrasted with every rank's
-// views. The embeddings are all-gathered, each rank evaluates the loss of
-// the global batch, and keeps the rows of dL/dh it owns, so those rows
-// carry the contributions of every rank's anchors. It returns the global
-// loss (the same on every rank) and this rank's dL/dh [n_r, M, d].
+// GlobalLoss evaluates a poly-view loss with global negatives. Each rank
+// holds the projections of its own n images, h [n, M, d]; the ranks
+// all-gather them into the global batch [W n, M, d] (rank r's images
+// are rows r n ... r n + n - 1, the rows a one-rank run with the
+// concatenated batch would have), every rank evaluates the loss of the
+// global batch, and keeps the rows of dL/dh it owns. Those rows therefore
+// carry the contributions of every rank's anchors, and summing parameter
+// gradients over the ranks gives exactly the one-rank gradient.
 //
-// Every rank computes the whole loss; that costs the loss's O(R^2 d) on
-// each rank instead of a 1/W share, and trades it for a single
-// all-gather and no reduction of gradients. Splitting the anchors across
-// ranks and reducing dZ is the known next step at large W.
-func GlobalLoss(ctx context.Context, c Collective, dev *bindings.Device, loss bindings.Loss,
-	h []float32, n, m, d int) (float64, []float32, error) {
-	if len(h) != n*m*d {
-		return 0, nil, fmt.Errorf("global loss: %d values for [%d, %d, %d]", len(h), n, m, d)
+// Every rank computes the whole loss: O((W n M)^2 d) work each, traded
+// for one all-gather and no second collective. The loss is a small part
+// of a step until W n M reaches the tens of thousands; splitting the
+// anchors across ranks and reducing dZ is the step beyond that.
+type GlobalLoss struct {
+	Loss bindings.Loss
+	C    Collective
+
+	all, grad *bindings.Tensor // the gathered batch and its gradient, reused
+}
+
+// ForwardBackward returns the global loss (the same on every rank) and
+// writes this rank's rows of dL/dh into dh (h's shape and dtype). Every
+// rank must pass the same n.
+func (g *GlobalLoss) ForwardBackward(ctx context.Context, h, dh *bindings.Tensor) (float64, error) {
+	shape := h.Shape()
+	if len(shape) != 3 || !slices.Equal(dh.Shape(), shape) {
+		return 0, fmt.Errorf("global loss: h %v and dh %v: want equal [n, M, d]", shape,
+			dh.Shape())
 	}
-	// Ranks may hold different numbers of images: gather the counts first.
-	counts, err := c.AllGather(ctx, []float32{float32(n)})
+	w := g.C.Size()
+	if w == 1 {
+		return g.Loss.ForwardBackward(h, dh)
+	}
+	gshape := []int{w * shape[0], shape[1], shape[2]}
+	if err := ensure(h.Device(), h.DType(), &g.all, gshape); err != nil {
+		return 0, err
+	}
+	if err := ensure(h.Device(), dh.DType(), &g.grad, gshape); err != nil {
+		return 0, err
+	}
+	if err := g.C.AllGather(ctx, h, g.all); err != nil {
+		return 0, fmt.Errorf("global loss: gathering embeddings: %w", err)
+	}
+	value, err := g.Loss.ForwardBackward(g.all, g.grad)
 	if err != nil {
-		return 0, nil, err
+		return 0, fmt.Errorf("global loss on rank %d: %w", g.C.Rank(), err)
 	}
-	first, total := 0, 0
-	for r, v := range counts {
-		if r < c.Rank() {
-			first += int(v)
+	n := h.Numel()
+	return value, dh.CopyFrom(0, g.grad, g.C.Rank()*n, n)
+}
+
+// Close frees the buffers.
+func (g *GlobalLoss) Close() {
+	for _, t := range []*bindings.Tensor{g.all, g.grad} {
+		if t != nil {
+			t.Close()
 		}
-		total += int(v)
 	}
-	all, err := c.AllGather(ctx, h)
-	if err != nil {
-		return 0, nil, err
+	g.all, g.grad = nil, nil
+}
+
+// ensure makes *t a tensor of the given dtype and shape on dev, reusing
+// it when it already is one.
+func ensure(dev *bindings.Device, dt bindings.DType, t **bindings.Tensor, shape []int) error {
+	if *t != nil && (*t).DType() == dt && slices.Equal((*t).Shape(), shape) {
+		return nil
 	}
-	ht, err := dev.FromFloat32(all, total, m, d)
-	if err != nil {
-		return 0, nil, err
+	if *t != nil {
+		(*t).Close()
 	}
-	defer ht.Close()
-	gt, err := dev.NewTensor(bindings.Float32, total, m, d)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer gt.Close()
-	value, err := loss.ForwardBackward(ht, gt)
-	if err != nil {
-		return 0, nil, fmt.Errorf("rank %d: %w", c.Rank(), err)
-	}
-	grad, err := gt.Float32()
-	if err != nil {
-		return 0, nil, err
-	}
-	return value, grad[first*m*d : (first+n)*m*d], nil
+	var err error
+	*t, err = dev.NewTensor(dt, shape...)
+	return err
 }

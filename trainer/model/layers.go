@@ -102,6 +102,9 @@ type BatchNorm struct {
 	RunningMean, RunningVar *Param
 	saveMean, saveInvStd    *bindings.Tensor
 	x, y, dx                *bindings.Tensor
+	sync                    *SyncBN          // nil: this rank's statistics
+	synced                  bool             // the last forward synchronised
+	stats                   *bindings.Tensor // [2, C] sums of the synchronised passes
 }
 
 func newBatchNorm(e env, name string, c int, momentum, eps float64) (*BatchNorm, error) {
@@ -133,6 +136,10 @@ func (b *BatchNorm) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 		return nil, wrap(b.name, "forward", err)
 	}
 	b.x = x
+	b.synced = b.sync != nil && b.op.Training
+	if b.synced {
+		return b.y, wrap(b.name, "forward", b.forwardSync(x))
+	}
 	return b.y, wrap(b.name, "forward", b.op.Forward(x, b.Gamma.Value, b.Beta.Value,
 		b.RunningMean.Value, b.RunningVar.Value, b.saveMean, b.saveInvStd, b.y))
 }
@@ -141,6 +148,9 @@ func (b *BatchNorm) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 func (b *BatchNorm) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
 	if err := ensure(b.dev, b.dt, &b.dx, b.x.Shape()...); err != nil {
 		return nil, wrap(b.name, "backward", err)
+	}
+	if b.synced {
+		return b.dx, wrap(b.name, "backward", b.backwardSync(dy))
 	}
 	return b.dx, wrap(b.name, "backward", b.op.Backward(b.x, b.Gamma.Value, b.saveMean,
 		b.saveInvStd, dy, b.dx, b.Gamma.Grad, b.Beta.Grad))
@@ -158,7 +168,7 @@ func (b *BatchNorm) SetTraining(training bool) { b.op.Training = training }
 // Close frees the layer's tensors.
 func (b *BatchNorm) Close() {
 	closeParams(append(b.Params(), b.Buffers()...))
-	closeAll(b.saveMean, b.saveInvStd, b.y, b.dx)
+	closeAll(b.saveMean, b.saveInvStd, b.y, b.dx, b.stats)
 }
 
 // ReLU is max(x, 0).
