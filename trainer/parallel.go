@@ -69,9 +69,13 @@ func (r *run) setupDist() error {
 		r.group, r.ownGroup = g, g
 		r.log.Info("NCCL communicator ready", "rank", g.Rank(), "world", g.Size())
 	}
+	// Collectives issued during the backward pass (gradient buckets as
+	// they become ready, synchronised BN) go through one queue, in program
+	// order, which is the same on every rank.
+	r.serial = dist.NewSerial()
 	if r.cfg.SyncBN {
 		r.model.SetSyncBN(&model.SyncBN{Ranks: r.world(), Reduce: func(t *bindings.Tensor) error {
-			return r.group.AllReduceSum(collectiveCtx, t)
+			return r.serial.Do(func() error { return r.group.AllReduceSum(collectiveCtx, t) })
 		}})
 	}
 	r.gloss = &dist.GlobalLoss{Loss: r.loss, C: r.group}
@@ -85,6 +89,11 @@ func (r *run) setupDist() error {
 	if r.reducer, err = dist.NewGradReducer(r.group, grads, 0); err != nil {
 		return err
 	}
+	r.model.SetGradHook(func(ps []*model.Param) {
+		for _, p := range ps {
+			r.reducer.Ready(p.Grad)
+		}
+	})
 	return r.agreeOnState()
 }
 
@@ -136,35 +145,31 @@ func (r *run) agreeOnState() error {
 	return nil
 }
 
-// agree is every step's check: it returns whether any rank wants to stop
-// and whether any rank's batch came out short (a bad sample left out), in
-// which case every rank skips the step, keeping the batches equal.
-func (r *run) agree(stop, short bool) (anyStop, anyShort bool, err error) {
-	if r.group == nil {
-		return stop, short, nil
-	}
-	flags := []float32{0, 0}
-	if stop {
-		flags[0] = 1
-	}
-	if short {
-		flags[1] = 1
+// agree is every step's check: whether any rank wants to stop, whether
+// any rank's batch came out short (a bad sample left out) and whether any
+// rank's epoch has ended. One all-reduce of three flags.
+func (r *run) agree(stop, short, end bool) (anyStop, anyShort, anyEnd bool, err error) {
+	flags := []float32{0, 0, 0}
+	for i, f := range []bool{stop, short, end} {
+		if f {
+			flags[i] = 1
+		}
 	}
 	if r.flags == nil {
-		if r.flags, err = r.dev.NewTensor(bindings.Float32, 2); err != nil {
-			return false, false, err
+		if r.flags, err = r.dev.NewTensor(bindings.Float32, len(flags)); err != nil {
+			return false, false, false, err
 		}
 	}
 	if err := r.flags.WriteFloat32(flags); err != nil {
-		return false, false, err
+		return false, false, false, err
 	}
 	if err := r.group.AllReduceSum(collectiveCtx, r.flags); err != nil {
-		return false, false, err
+		return false, false, false, err
 	}
 	if flags, err = r.flags.Float32(); err != nil {
-		return false, false, err
+		return false, false, false, err
 	}
-	return flags[0] > 0, flags[1] > 0, nil
+	return flags[0] > 0, flags[1] > 0, flags[2] > 0, nil
 }
 
 // lossStep evaluates the loss of the global batch and this rank's rows
@@ -176,7 +181,29 @@ func (r *run) lossStep(h, dh *bindings.Tensor) (float64, error) {
 	return r.gloss.ForwardBackward(collectiveCtx, h, dh)
 }
 
-// reduceGrads sums the parameter gradients over the ranks.
+// backward runs the model's backward pass from dh and sums the parameter
+// gradients over the ranks, each bucket as soon as the pass has written
+// it, overlapping communication with the rest of the pass.
+func (r *run) backward(dh *bindings.Tensor) error {
+	if r.reducer == nil {
+		end := r.dev.Range("backward")
+		defer end()
+		return r.model.Backward(dh)
+	}
+	r.reducer.Start(collectiveCtx, r.serial)
+	end := r.dev.Range("backward+allreduce")
+	err := r.model.Backward(dh)
+	// Even after an error, the queued buckets must finish before the
+	// gradients are touched again.
+	if werr := r.reducer.Wait(); err == nil {
+		err = werr
+	}
+	end()
+	return err
+}
+
+// reduceGrads sums the parameter gradients over the ranks, after the
+// backward pass (multi-size steps accumulate several passes first).
 func (r *run) reduceGrads() error {
 	if r.reducer == nil {
 		return nil
@@ -196,6 +223,9 @@ func (r *run) closeDist() {
 	}
 	if r.flags != nil {
 		r.flags.Close()
+	}
+	if r.serial != nil {
+		r.serial.Close()
 	}
 	if r.ownGroup != nil {
 		r.ownGroup.Close()

@@ -1,11 +1,17 @@
 package trainer
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"image"
+	"image/png"
 	"io"
 	"math"
+	"math/rand"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -256,5 +262,55 @@ func TestDataParallelBatchSplit(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "split evenly over the 2") {
 			t.Errorf("rank %d: %v", r, err)
 		}
+	}
+}
+
+// writeShards writes WebDataset shards of random 32 x 32 PNG images, one
+// shard per count, and returns their glob.
+func writeShards(t *testing.T, counts ...int) string {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewSource(5))
+	for s, n := range counts {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("shard-%04d.tar", s)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tw := tar.NewWriter(f)
+		for i := 0; i < n; i++ {
+			img := image.NewRGBA(image.Rect(0, 0, 32, 32))
+			rng.Read(img.Pix)
+			var buf bytes.Buffer
+			if err := png.Encode(&buf, img); err != nil {
+				t.Fatal(err)
+			}
+			key := fmt.Sprintf("s%d_%05d", s, i)
+			for _, m := range []struct {
+				ext  string
+				data []byte
+			}{{"png", buf.Bytes()}, {"cls", []byte(fmt.Sprint(i % 10))}} {
+				tw.WriteHeader(&tar.Header{Name: key + "." + m.ext, Mode: 0o644,
+					Size: int64(len(m.data)), Typeflag: tar.TypeReg})
+				tw.Write(m.data)
+			}
+		}
+		tw.Close()
+		f.Close()
+	}
+	return filepath.Join(dir, "shard-*.tar")
+}
+
+// TestDataParallelUnevenShards: 3 shards of unequal sizes over 2 ranks
+// give the ranks unequal numbers of batches; the ranks end each epoch
+// together (no rank waits for a collective the other never makes) and
+// the run goes on through the next epoch.
+func TestDataParallelUnevenShards(t *testing.T) {
+	cfg := dpConfig(t, writeShards(t, 40, 24, 24))
+	cfg.Steps = 8
+	res, errs := trainRanks(t, cfg, 2)
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 8 {
+		t.Errorf("%d steps, want 8", res.Steps)
 	}
 }

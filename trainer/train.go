@@ -69,6 +69,7 @@ type run struct {
 	ownGroup dist.Collective // a group this run made (NCCL) and closes
 	gloss    *dist.GlobalLoss
 	reducer  *dist.GradReducer
+	serial   *dist.Serial // orders the collectives of the backward pass
 	flags    *bindings.Tensor
 
 	spareGrads []*bindings.Tensor // multi-size steps: gradients of one group
@@ -364,18 +365,40 @@ func (r *run) loop(ctx context.Context) error {
 			return err
 		}
 		for r.step < r.total && r.batchInEp < r.stepsPerEpoch {
+			t0 := time.Now()
+			end := r.dev.Range("data")
+			b, err := loader.Next()
+			end()
+			wait := time.Since(t0)
+			eof := errors.Is(err, io.EOF)
+			if err != nil && !eof {
+				loader.Close()
+				return err
+			}
 			stopped := r.cfg.StopAfter > 0 && r.step-r.res.ResumedAtStep >= int64(r.cfg.StopAfter)
 			interrupted := ctx.Err() != nil
-			if r.group != nil {
-				// Every rank stops at the same step, whichever was asked.
-				anyStop, _, err := r.agree(interrupted || stopped, false)
+			short := !eof && len(b.Samples) < max(2, r.localN())
+			if r.group == nil {
+				short = !eof && len(b.Samples) < 2
+			} else {
+				// The ranks move together: a stop asked of any rank stops all
+				// at this step; a batch shortened by a bad sample on any rank
+				// is skipped by all (the shares must stay equal); the epoch
+				// ends when any rank's data does (shards need not split
+				// evenly).
+				anyStop, anyShort, anyEnd, err := r.agree(interrupted || stopped, short, eof)
 				if err != nil {
+					if b != nil {
+						b.Release()
+					}
 					loader.Close()
 					return fmt.Errorf("step %d: %w", r.step, err)
 				}
-				if anyStop && !interrupted && !stopped {
-					interrupted = true
-				}
+				interrupted = interrupted || (anyStop && !stopped)
+				short, eof = anyShort, anyEnd
+			}
+			if (interrupted || stopped || eof) && b != nil {
+				b.Release()
 			}
 			if interrupted || stopped {
 				loader.Close()
@@ -390,31 +413,10 @@ func (r *run) loop(ctx context.Context) error {
 				}
 				return fmt.Errorf("%w at step %d; checkpoint %s", why, r.step, r.res.LastCkpt)
 			}
-			t0 := time.Now()
-			end := r.dev.Range("data")
-			b, err := loader.Next()
-			end()
-			wait := time.Since(t0)
-			if errors.Is(err, io.EOF) {
+			if eof {
 				break // epoch done
 			}
-			if err != nil {
-				loader.Close()
-				return err
-			}
 			r.batchInEp = b.Position + 1
-			short := len(b.Samples) < max(2, r.localN())
-			if r.group != nil {
-				// A bad sample shortened a batch somewhere: the ranks' shares
-				// must stay equal, so every rank skips this step.
-				if _, short, err = r.agree(false, short); err != nil {
-					b.Release()
-					loader.Close()
-					return fmt.Errorf("step %d: %w", r.step, err)
-				}
-			} else {
-				short = len(b.Samples) < 2
-			}
 			if short {
 				b.Release()
 				continue
@@ -511,13 +513,7 @@ func (r *run) trainStep(b *datasets.Batch) (float64, error) {
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return loss, nil
 	}
-	end = r.dev.Range("backward")
-	err = r.model.Backward(dh)
-	end()
-	if err != nil {
-		return 0, err
-	}
-	if err := r.reduceGrads(); err != nil {
+	if err := r.backward(dh); err != nil {
 		return 0, err
 	}
 	end = r.dev.Range("optimizer")

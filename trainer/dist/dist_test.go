@@ -361,3 +361,56 @@ func TestGradReducer(t *testing.T) {
 		}
 	}
 }
+
+// TestGradReducerOverlap: gradients reported ready during the backward
+// pass are queued bucket by bucket, in bucket order, before Wait; Wait
+// flushes the rest; the sums are those of Reduce.
+func TestGradReducerOverlap(t *testing.T) {
+	dev := cpu(t)
+	const w = 2
+	ranks, _ := NewLocalGroup(w, 5*time.Second)
+	errs := onEvery(ranks, func(r int, c Collective) error {
+		serial := NewSerial()
+		defer serial.Close()
+		var grads []*bindings.Tensor
+		for g := 0; g < 6; g++ {
+			x, _ := dev.FromFloat32(slices.Repeat([]float32{float32(r + g)}, 1000), 1000)
+			defer x.Close()
+			grads = append(grads, x)
+		}
+		red, err := NewGradReducer(c, grads, 12000) // 3 tensors of 4000 bytes a bucket
+		if err != nil {
+			return err
+		}
+		defer red.Close()
+		if red.Buckets() != 2 {
+			return fmt.Errorf("%d buckets", red.Buckets())
+		}
+		red.Start(context.Background(), serial)
+		red.Ready(grads[1])
+		red.Ready(grads[0])
+		if len(red.pending) != 0 {
+			return errors.New("a bucket was queued before all its gradients were ready")
+		}
+		red.Ready(grads[2])
+		if len(red.pending) != 1 {
+			return fmt.Errorf("%d buckets queued after the first was complete", len(red.pending))
+		}
+		red.Ready(grads[4]) // grads[3] and [5] are never reported: Wait takes them
+		if err := red.Wait(); err != nil {
+			return err
+		}
+		for g, x := range grads {
+			v, _ := x.Float32()
+			if want := float32(2*g + 1); v[0] != want || v[999] != want {
+				return fmt.Errorf("grad %d = %v, want %v", g, v[0], want)
+			}
+		}
+		return nil
+	})
+	for r, err := range errs {
+		if err != nil {
+			t.Errorf("rank %d: %v", r, err)
+		}
+	}
+}

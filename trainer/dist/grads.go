@@ -20,6 +20,14 @@ const DefaultBucketBytes = 16 << 20
 type GradReducer struct {
 	c       Collective
 	buckets []bucket
+	owner   map[*bindings.Tensor]int // gradient -> bucket
+
+	// An overlapped pass (Start, Ready, Wait).
+	serial  *Serial
+	ctx     context.Context
+	missing []int          // per bucket, gradients not yet ready
+	next    int            // first bucket not yet queued
+	pending []<-chan error // queued buckets' results
 }
 
 type bucket struct {
@@ -74,7 +82,63 @@ func NewGradReducer(c Collective, grads []*bindings.Tensor, bucketBytes int) (*G
 		r.Close()
 		return nil, err
 	}
+	r.owner = map[*bindings.Tensor]int{}
+	for i, b := range r.buckets {
+		for _, g := range b.grads {
+			r.owner[g] = i
+		}
+	}
 	return r, nil
+}
+
+// Start begins an overlapped reduction: as the backward pass reports
+// gradients Ready, each bucket whose gradients are all written is
+// reduced on serial, in bucket order, while the pass goes on. Wait ends
+// it.
+func (r *GradReducer) Start(ctx context.Context, serial *Serial) {
+	r.serial, r.ctx, r.next, r.pending = serial, ctx, 0, r.pending[:0]
+	r.missing = r.missing[:0]
+	for _, b := range r.buckets {
+		r.missing = append(r.missing, len(b.grads))
+	}
+}
+
+// Ready reports that g's gradient is final for this step. Gradients the
+// reducer does not hold are ignored.
+func (r *GradReducer) Ready(g *bindings.Tensor) {
+	i, ok := r.owner[g]
+	if !ok || r.serial == nil || r.missing[i] == 0 {
+		return
+	}
+	r.missing[i]--
+	r.queueReady()
+}
+
+// queueReady queues the buckets, in order, up to the first incomplete one.
+func (r *GradReducer) queueReady() {
+	for r.next < len(r.buckets) && r.missing[r.next] == 0 {
+		b := r.buckets[r.next]
+		r.pending = append(r.pending, r.serial.Go(func() error { return r.reduce(r.ctx, b) }))
+		r.next++
+	}
+}
+
+// Wait queues whatever is left (a gradient never reported is taken as
+// final now) and waits for every bucket; it returns the first error.
+func (r *GradReducer) Wait() error {
+	if r.serial == nil {
+		return nil
+	}
+	clear(r.missing)
+	r.queueReady()
+	var first error
+	for i, res := range r.pending {
+		if err := <-res; err != nil && first == nil {
+			first = fmt.Errorf("gradient bucket %d of %d: %w", i+1, len(r.buckets), err)
+		}
+	}
+	r.serial = nil
+	return first
 }
 
 // Buckets is the number of collectives one Reduce makes.

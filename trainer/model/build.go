@@ -182,10 +182,10 @@ func (b *builder) block(name string, in, width, stride int, bottleneck bool) (La
 			b.conv(name+".conv2", width, width, 3, 1, 1), b.bn(name+".bn2", width, zero),
 		}
 	}
-	r := &Residual{env: b.env, name: name, Branch: &Sequential{br}, relu: &ReLU{env: b.env,
+	r := &Residual{env: b.env, name: name, Branch: &Sequential{Layers: br}, relu: &ReLU{env: b.env,
 		name: name + ".relu"}}
 	if stride != 1 || in != out {
-		r.Shortcut = &Sequential{[]Layer{
+		r.Shortcut = &Sequential{Layers: []Layer{
 			b.conv(name+".downsample.0", in, out, 1, stride, 0),
 			b.bn(name+".downsample.1", out, false),
 		}}

@@ -79,6 +79,9 @@ func closeParams(ps []*Param) {
 // at a layer that returns no input gradient.
 type Sequential struct {
 	Layers []Layer
+	// onGrads, when set, hears each leaf layer's parameters as soon as its
+	// backward pass has written their gradients (Model.SetGradHook).
+	onGrads func([]*Param)
 }
 
 // Forward runs every layer.
@@ -98,6 +101,15 @@ func (s *Sequential) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
 		var err error
 		if dy, err = s.Layers[i].Backward(dy); err != nil {
 			return nil, err
+		}
+		if s.onGrads != nil {
+			switch s.Layers[i].(type) {
+			case *Sequential, *Residual: // their inner Sequentials report
+			default:
+				if ps := s.Layers[i].Params(); len(ps) > 0 {
+					s.onGrads(ps)
+				}
+			}
 		}
 	}
 	return dy, nil

@@ -99,11 +99,11 @@ func New(dev *bindings.Device, cfg Config) (*Model, error) {
 		return nil, fmt.Errorf("model: arch %q: want convnet, resnet18, resnet34 or resnet50",
 			cfg.Arch)
 	}
-	m := &Model{Config: cfg, Encoder: &Sequential{layers}, RepDim: rep, OutDim: rep}
+	m := &Model{Config: cfg, Encoder: &Sequential{Layers: layers}, RepDim: rep, OutDim: rep}
 	if err == nil && len(cfg.HeadDims) > 0 {
 		var head []Layer
 		head, m.last, err = b.head(rep, cfg.HeadDims)
-		m.Head = &Sequential{head}
+		m.Head = &Sequential{Layers: head}
 		m.OutDim = cfg.HeadDims[len(cfg.HeadDims)-1]
 	}
 	if err != nil {

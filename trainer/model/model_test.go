@@ -327,3 +327,45 @@ func TestEvalMode(t *testing.T) {
 		t.Error("evaluation changed the running mean")
 	}
 }
+
+// TestGradHook: during Backward the hook hears every parameter exactly
+// once, after its gradient is written, the head's last layer first and
+// the stem last (a residual block's layers included).
+func TestGradHook(t *testing.T) {
+	dev := cpu(t)
+	m := build(t, dev, Config{Arch: "resnet18", Stem: "cifar", Width: 8,
+		HeadDims: []int{16, 8}})
+	x := input(t, dev, bindings.Float32, 1, 4, 8, 8, 3)
+	z, err := m.ForwardViews(x, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var heard []string
+	m.SetGradHook(func(ps []*Param) {
+		for _, p := range ps {
+			heard = append(heard, p.Name)
+		}
+	})
+	if err := m.Backward(z); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, p := range m.Params() {
+		want = append(want, p.Name)
+	}
+	got := slices.Clone(heard)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("heard %d parameters, the model has %d", len(heard), len(want))
+	}
+	last := m.Head.Layers[len(m.Head.Layers)-1].Params()
+	if heard[0] != last[0].Name || heard[len(heard)-1] != m.Params()[0].Name {
+		t.Errorf("order: first %s, last %s", heard[0], heard[len(heard)-1])
+	}
+	m.SetGradHook(nil)
+	heard = nil
+	if err := m.Backward(z); err != nil || len(heard) != 0 {
+		t.Errorf("after removing the hook: %v, %d calls", err, len(heard))
+	}
+}

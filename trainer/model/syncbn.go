@@ -29,6 +29,22 @@ func (m *Model) SetSyncBN(s *SyncBN) {
 	}
 }
 
+// SetGradHook makes Backward call f with each leaf layer's parameters
+// as soon as their gradients are written, last layer first (nil: no
+// calls): the trainer starts reducing gradients while the backward pass
+// goes on.
+func (m *Model) SetGradHook(f func([]*Param)) {
+	visit := func(l Layer) {
+		if s, ok := l.(*Sequential); ok {
+			s.onGrads = f
+		}
+	}
+	walk(m.Encoder, visit)
+	if m.Head != nil {
+		walk(m.Head, visit)
+	}
+}
+
 // walk calls f on l and every layer inside it.
 func walk(l Layer, f func(Layer)) {
 	f(l)
