@@ -14,6 +14,7 @@
 #include <new>
 
 namespace pvcuda {
+namespace nn {
 namespace syncbn {
 namespace {
 
@@ -42,10 +43,11 @@ PV_SYNCBN_ENTRY(backward_input_op, batchnorm_backward_input)
 
 }  // namespace
 }  // namespace syncbn
+}  // namespace nn
 }  // namespace pvcuda
 
 void pv_cuda_register_syncbn(pv_backend *table) {
-  using namespace pvcuda::syncbn;
+  using namespace pvcuda::nn::syncbn;
   table->batchnorm_stats = stats_op;
   table->batchnorm_forward_stats = forward_stats_op;
   table->batchnorm_backward_stats = backward_stats_op;

@@ -13,35 +13,24 @@
 // per-channel coefficients and the elementwise passes use the formulas of
 // the fused ops there and on the CPU.
 //
-// This header includes common.cuh only: nn_kernels.cuh defines
-// non-template kernels, which a second translation unit (this one is
-// nn_syncbn_cuda.cu) would define again at link time, so the few helpers
-// it shares with that file are repeated here.
+// The helpers it shares with nn_kernels.cuh are in nn_common.cuh
+// (nn_kernels.cuh itself defines non-template kernels, which a second
+// translation unit would define again at link time).
 //
 // Activations (T) are float or bf16, loaded into float and stored with
 // one rounding; parameters and the stats tensors are float32.
 #ifndef POLYVIEW_CUDA_NN_SYNCBN_KERNELS_CUH
 #define POLYVIEW_CUDA_NN_SYNCBN_KERNELS_CUH
 
-#include "common.cuh"  // first: it picks CUDA or cuda/emulate.h
-
-#ifndef POLYVIEW_CUDA_EMULATE
-#include <cuda_bf16.h>
-#define PV_SYNCBN_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
-#else
-#define PV_SYNCBN_LAUNCH(kernel, grid, block, stream) ::emu::launch(kernel, grid, block)
-#endif
+#include "nn_common.cuh"  // first: common.cuh picks CUDA or cuda/emulate.h
 
 #include <cmath>
 #include <cstdint>
 
 namespace pvcuda {
+namespace nn {
 namespace syncbn {
 
-typedef __nv_bfloat16 bf16;
-
-constexpr int kThreads = 256;
-constexpr unsigned kMaxBlocks = 8192;           // grid-stride kernels
 constexpr int kChannels = 32;                   // sums: channels per block
 constexpr int kLanes = kThreads / kChannels;    // sums: rows walked at once
 constexpr int64_t kTargetBlocks = 1024;         // sums: enough to fill a GPU
@@ -54,61 +43,12 @@ constexpr int64_t kTargetBlocks = 1024;         // sums: enough to fill a GPU
 
 // ---- helpers ---------------------------------------------------------------------
 
-__device__ __forceinline__ float load(const float *p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const bf16 *p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store(float *p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store(bf16 *p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
-}
-
-__device__ __forceinline__ int64_t first_thread() {
-  return (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-}
-__device__ __forceinline__ int64_t grid_threads() { return (int64_t)gridDim.x * blockDim.x; }
-
-inline unsigned blocks_for(int64_t items) {
-  const int64_t b = (items + kThreads - 1) / kThreads;
-  return (unsigned)(b < 1 ? 1 : b > kMaxBlocks ? kMaxBlocks : b);
-}
-
-inline const char *dtype_str(pv_dtype dt) {
-  switch (dt) {
-    case PV_F32: return "float32";
-    case PV_BF16: return "bfloat16";
-    case PV_F64: return "float64";
-    case PV_U8: return "uint8";
-    case PV_I32: return "int32";
-  }
-  return "unknown dtype";
-}
-
 // The CUDA dtype rule (polyview.h): float32 or bfloat16 activations,
 // float32 parameters and stats.
 inline pv_status check_dtypes(const char *op, const pv_syncbn_args *a) {
-  if (a->act_dtype != PV_F32 && a->act_dtype != PV_BF16)
-    return fail(PV_ERR_UNSUPPORTED, "%s: the CUDA backend takes float32 or bfloat16 "
-                "activations, got %s", op, dtype_str(a->act_dtype));
-  if (a->param_dtype != PV_F32)
-    return fail(PV_ERR_UNSUPPORTED, "%s: the CUDA backend takes float32 parameters and "
-                "stats, got %s", op, dtype_str(a->param_dtype));
-  return PV_OK;
+  PV_SYNCBN_TRY(check_act(op, a->act_dtype));
+  return check_param(op, a->param_dtype);
 }
-
-// Counted device scratch, freed (stream-ordered) on every way out.
-struct Workspace {
-  Context *ctx;
-  void *ptr = nullptr;
-  explicit Workspace(Context *c) : ctx(c) {}
-  Workspace(const Workspace &) = delete;
-  Workspace &operator=(const Workspace &) = delete;
-  ~Workspace() { ctx_free(ctx, ptr); }
-  template <typename E>
-  E *at(int64_t byte_offset) const {
-    return reinterpret_cast<E *>(static_cast<char *>(ptr) + byte_offset);
-  }
-};
-
-inline int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // ---- per-channel sums ------------------------------------------------------------
 
@@ -274,22 +214,22 @@ template <typename T>
 pv_status sums(Context *ctx, int kind, const pv_syncbn_args *a, const float *center,
                const float *scale1) {
   const SumGrid g = sum_grid(a->rows, a->c);
-  Workspace ws(ctx);
+  Scratch ws(ctx);
   const int64_t bytes = (int64_t)g.chunks * 2 * a->c * (int64_t)sizeof(double);
   PV_SYNCBN_TRY(ctx_alloc(ctx, bytes, &ws.ptr, __FILE__, __LINE__));
   double *partial = ws.at<double>(0);
-  PV_SYNCBN_LAUNCH(syncbn_sums_kernel<T>, dim3(g.ctiles, g.chunks), kThreads, ctx->stream)(
+  PV_NN_LAUNCH(syncbn_sums_kernel<T>, dim3(g.ctiles, g.chunks), kThreads, ctx->stream)(
       kind, static_cast<const T *>(a->x_ptr), static_cast<const T *>(a->dy_ptr), center,
       a->rows, a->c, g.chunk_rows, partial);
   PV_LAUNCHED("syncbn_sums_kernel");
-  PV_SYNCBN_LAUNCH(syncbn_merge_kernel, blocks_for(a->c), kThreads, ctx->stream)(
+  PV_NN_LAUNCH(syncbn_merge_kernel, blocks_for(a->c), kThreads, ctx->stream)(
       partial, (int64_t)g.chunks, a->c, scale1, static_cast<float *>(a->stats_out_ptr));
   PV_LAUNCHED("syncbn_merge_kernel");
   return PV_OK;
 }
 
 // Three float [c] vectors of per-channel coefficients.
-inline pv_status coef_space(Context *ctx, int64_t c, Workspace *ws, float *k[3]) {
+inline pv_status coef_space(Context *ctx, int64_t c, Scratch *ws, float *k[3]) {
   const int64_t vec = align256(c * (int64_t)sizeof(float));
   PV_SYNCBN_TRY(ctx_alloc(ctx, 3 * vec, &ws->ptr, __FILE__, __LINE__));
   for (int j = 0; j < 3; j++) k[j] = ws->at<float>(j * vec);
@@ -298,7 +238,7 @@ inline pv_status coef_space(Context *ctx, int64_t c, Workspace *ws, float *k[3])
 
 template <typename T>
 pv_status forward_stats_t(Context *ctx, const pv_syncbn_args *a) {
-  Workspace ws(ctx);
+  Scratch ws(ctx);
   float *k[3];
   PV_SYNCBN_TRY(coef_space(ctx, a->c, &ws, k));
   ForwardCoefs s;
@@ -312,11 +252,11 @@ pv_status forward_stats_t(Context *ctx, const pv_syncbn_args *a) {
   s.save_mean = static_cast<float *>(a->save_mean_ptr);
   s.save_invstd = static_cast<float *>(a->save_invstd_ptr);
   s.scale = k[0], s.shift = k[1];
-  PV_SYNCBN_LAUNCH(syncbn_forward_coefs_kernel, blocks_for(a->c), kThreads, ctx->stream)(s);
+  PV_NN_LAUNCH(syncbn_forward_coefs_kernel, blocks_for(a->c), kThreads, ctx->stream)(s);
   PV_LAUNCHED("syncbn_forward_coefs_kernel");
   const int64_t n = a->rows * a->c;
   if (n == 0) return PV_OK;
-  PV_SYNCBN_LAUNCH(syncbn_apply_kernel<T>, blocks_for(n), kThreads, ctx->stream)(
+  PV_NN_LAUNCH(syncbn_apply_kernel<T>, blocks_for(n), kThreads, ctx->stream)(
       static_cast<const T *>(a->x_ptr), k[0], k[1], static_cast<T *>(a->y_ptr), n, a->c);
   PV_LAUNCHED("syncbn_apply_kernel");
   return PV_OK;
@@ -324,7 +264,7 @@ pv_status forward_stats_t(Context *ctx, const pv_syncbn_args *a) {
 
 template <typename T>
 pv_status backward_input_t(Context *ctx, const pv_syncbn_args *a) {
-  Workspace ws(ctx);
+  Scratch ws(ctx);
   float *k[3];
   PV_SYNCBN_TRY(coef_space(ctx, a->c, &ws, k));
   InputCoefs s;
@@ -335,11 +275,11 @@ pv_status backward_input_t(Context *ctx, const pv_syncbn_args *a) {
   s.save_mean = static_cast<const float *>(a->save_mean_ptr);
   s.save_invstd = static_cast<const float *>(a->save_invstd_ptr);
   s.k1 = k[0], s.k2 = k[1], s.k3 = k[2];
-  PV_SYNCBN_LAUNCH(syncbn_input_coefs_kernel, blocks_for(a->c), kThreads, ctx->stream)(s);
+  PV_NN_LAUNCH(syncbn_input_coefs_kernel, blocks_for(a->c), kThreads, ctx->stream)(s);
   PV_LAUNCHED("syncbn_input_coefs_kernel");
   const int64_t n = a->rows * a->c;
   if (n == 0) return PV_OK;
-  PV_SYNCBN_LAUNCH(syncbn_input_kernel<T>, blocks_for(n), kThreads, ctx->stream)(
+  PV_NN_LAUNCH(syncbn_input_kernel<T>, blocks_for(n), kThreads, ctx->stream)(
       static_cast<const T *>(a->x_ptr), static_cast<const T *>(a->dy_ptr), k[0], k[1], k[2],
       static_cast<T *>(a->dx_ptr), n, a->c);
   PV_LAUNCHED("syncbn_input_kernel");
@@ -377,6 +317,7 @@ inline pv_status batchnorm_backward_input(Context *ctx, const pv_syncbn_args *a)
 }
 
 }  // namespace syncbn
+}  // namespace nn
 }  // namespace pvcuda
 
 #endif  // POLYVIEW_CUDA_NN_SYNCBN_KERNELS_CUH

@@ -32,7 +32,7 @@
 
 namespace {
 
-using pvcuda::syncbn::bf16;
+using pvcuda::nn::bf16;
 typedef std::vector<float> Vec;
 typedef std::vector<int64_t> Shape;
 
@@ -211,7 +211,7 @@ void test_split(const Shape &xs, const std::vector<int64_t> &parts, bool bf) {
     kstats[i].assign((size_t)(2 * c), 0.f);
     pv_syncbn_args a = args[i];
     a.shift_ptr = rm0.data(), a.stats_out_ptr = kstats[i].data();
-    status_ok("stats", pvcuda::syncbn::batchnorm_stats(&g_ctx, &a));
+    status_ok("stats", pvcuda::nn::syncbn::batchnorm_stats(&g_ctx, &a));
     compare("stats of part " + std::to_string(i) + tag, kstats[i], cstats[i], kSums);
   }
   const Vec csum = all_reduce(cstats), ksum = all_reduce(kstats);
@@ -225,7 +225,7 @@ void test_split(const Shape &xs, const std::vector<int64_t> &parts, bool bf) {
     Act y(bf, Vec(cy[i].size(), 0.f));
     pv_syncbn_args a = args[i];
     a.stats_in_ptr = ksum.data(), a.y_ptr = y.ptr();
-    status_ok("forward_stats", pvcuda::syncbn::batchnorm_forward_stats(&g_ctx, &a));
+    status_ok("forward_stats", pvcuda::nn::syncbn::batchnorm_forward_stats(&g_ctx, &a));
     ky[i] = y.values();
     const std::string p = " of part " + std::to_string(i) + tag;
     compare("y" + p, ky[i], cy[i], bf ? kBF16 : kSums);
@@ -244,7 +244,7 @@ void test_split(const Shape &xs, const std::vector<int64_t> &parts, bool bf) {
     cstats[i] = cpu.read(st);
     pv_syncbn_args a = args[i];
     a.stats_out_ptr = kstats[i].data();
-    status_ok("backward_stats", pvcuda::syncbn::batchnorm_backward_stats(&g_ctx, &a));
+    status_ok("backward_stats", pvcuda::nn::syncbn::batchnorm_backward_stats(&g_ctx, &a));
   }
   const Vec cgrad = all_reduce(cstats), kgrad = all_reduce(kstats);
   compare("dbeta, dgamma (summed backward stats)" + tag, kgrad, cgrad, kSums);
@@ -255,7 +255,7 @@ void test_split(const Shape &xs, const std::vector<int64_t> &parts, bool bf) {
                                    tdx), "backward_input");
     pv_syncbn_args a = args[i];
     a.stats_in_ptr = kgrad.data(), a.dx_ptr = kdy[i].ptr();
-    status_ok("backward_input", pvcuda::syncbn::batchnorm_backward_input(&g_ctx, &a));
+    status_ok("backward_input", pvcuda::nn::syncbn::batchnorm_backward_input(&g_ctx, &a));
     compare("dx of part " + std::to_string(i) + tag, kdy[i].values(), cpu.read(tdx),
             bf ? kBF16 : kSums);
   }
@@ -278,7 +278,7 @@ int main() {
   {
     pv_syncbn_args a = {};
     a.c = 4, a.rows = 2, a.count = 2, a.act_dtype = PV_F64, a.param_dtype = PV_F64;
-    const pv_status st = pvcuda::syncbn::batchnorm_stats(&g_ctx, &a);
+    const pv_status st = pvcuda::nn::syncbn::batchnorm_stats(&g_ctx, &a);
     const bool pass = st == PV_ERR_UNSUPPORTED &&
                       pvcuda::g_error.find("float64") != std::string::npos;
     std::printf("%s float64 stats refused: \"%s\"\n", pass ? "ok  " : "FAIL",
