@@ -1,31 +1,51 @@
 // simd.h: the CPU kernels' vector types and vector math, written with GCC
 // vector extensions so that one source compiles to AVX2+FMA inside
-// functions marked PV_TARGET_AVX2 and to portable code elsewhere.
+// functions marked PV_TARGET_AVX2, to AVX-512 inside PV_TARGET_AVX512 (the
+// GEMM only) and to portable code elsewhere.
 #ifndef POLYVIEW_SIMD_H
 #define POLYVIEW_SIMD_H
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #define PV_INLINE inline __attribute__((always_inline))
 #if defined(__x86_64__)
 #define PV_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define PV_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #else
 #define PV_TARGET_AVX2
+#define PV_TARGET_AVX512
 #endif
 
 namespace pv {
 
-// Whether this processor runs the PV_TARGET_AVX2 versions of the kernels.
-inline bool cpu_has_avx2_fma() {
+// The widest kernels this process runs: 2 AVX-512, 1 AVX2+FMA, 0 portable.
+// POLYVIEW_CPU_SIMD=avx2 or =portable caps it, so that the narrower paths
+// can be tested and timed on a machine that has the wider ones.
+inline int cpu_simd_level() {
 #if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  static const int level = [] {
+    int l = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) l = 1;
+    if (l == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) l = 2;
+    const char *cap = std::getenv("POLYVIEW_CPU_SIMD");
+    if (cap && std::strcmp(cap, "avx2") == 0) l = l < 1 ? l : 1;
+    if (cap && std::strcmp(cap, "portable") == 0) l = 0;
+    return l;
+  }();
+  return level;
 #else
-  return false;
+  return 0;
 #endif
 }
+
+// Whether this processor runs the PV_TARGET_AVX2 versions of the kernels.
+inline bool cpu_has_avx2_fma() { return cpu_simd_level() >= 1; }
+
+// Whether the GEMM runs its PV_TARGET_AVX512 micro-kernel.
+inline bool cpu_has_avx512() { return cpu_simd_level() >= 2; }
 
 // A 32-byte vector of T: 8 floats or 4 doubles.
 template <typename T>

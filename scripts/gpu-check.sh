@@ -97,6 +97,18 @@ if [[ -n "$train" ]]; then
     -model resnet18 -n 256 -m 4 -steps "$steps" -warmup 30 -knn-every 0 \
     -progress=false -out "$out/train"
 fi
+# Data-parallel: NCCL between GPU ranks needs two GPUs or more.
+ngpu="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+if [[ -n "$train" && "$ngpu" -ge 2 ]]; then
+  step train-dp "$train" -nproc-per-node "$ngpu" -device cuda -data "$data" \
+    -views simclr-cifar -view-size 32 -model resnet18 -n $((256 * ngpu)) -m 4 -steps 50 \
+    -warmup 10 -knn-every 0 -progress=false -out "$out/train-dp"
+fi
+if [[ -n "$bench" && -n "$train" ]]; then
+  worlds=1; for w in 2 4 8; do [[ "$ngpu" -ge "$w" ]] && worlds="$worlds,$w"; done
+  step bench-dist "$bench" dist -measure "" -scaling "$worlds" -device cuda -train "$train" \
+    -json "$out/dist.json"
+fi
 
 # The report: one table of steps, then each benchmark's printed table.
 {
@@ -110,7 +122,7 @@ fi
     IFS='|' read -r n s t l <<<"$r"
     echo "| $n | $s | $t | $l |"
   done
-  for n in bench-loss bench-loss-cpu bench-views; do
+  for n in bench-loss bench-loss-cpu bench-views bench-dist; do
     [[ -f "$out/$n.log" ]] || continue
     echo
     echo "## $n"

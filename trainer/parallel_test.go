@@ -153,6 +153,24 @@ func TestDataParallelEqualsOneRank(t *testing.T) {
 	}
 }
 
+// TestDataParallelMultiCrop: views of two sizes (the encoder runs once
+// per size, the loss covers all views) give the one-rank result too.
+func TestDataParallelMultiCrop(t *testing.T) {
+	cfg := dpConfig(t, writeCIFARBin(t, 96))
+	cfg.Views, cfg.M = "multicrop:2x32,2x16", 4
+	one, err := Train(context.Background(), cfg, quietLog(), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Out = t.TempDir()
+	res, errs := trainRanks(t, cfg, 2)
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	closeTensors(t, "multicrop, 2 ranks", loadCkpt(t, res.LastCkpt), loadCkpt(t, one.LastCkpt),
+		dpTolerance)
+}
+
 // TestDataParallelPerRankBN: without synchronised BN each rank
 // normalises with its own batch's statistics, which is not the one-rank
 // computation: the runs must differ (the sync above is doing real work).

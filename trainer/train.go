@@ -423,7 +423,8 @@ func (r *run) loop(ctx context.Context) error {
 			}
 			r.prof.beforeStep(r.step)
 			loss, err := r.trainStep(b)
-			b.Release()
+			taken := len(b.Samples)
+			b.Release() // its memory goes back to the loader: b is not read after this
 			if err != nil {
 				loader.Close()
 				return fmt.Errorf("step %d: %w", r.step, err)
@@ -435,8 +436,8 @@ func (r *run) loop(ctx context.Context) error {
 			}
 			r.step++
 			dt := time.Since(t0)
-			views := float64(len(b.Samples) * r.cfg.M * r.world()) // over all ranks
-			if r.step > r.res.ResumedAtStep+1 {                    // the first step warms up
+			views := float64(taken * r.cfg.M * r.world()) // over all ranks
+			if r.step > r.res.ResumedAtStep+1 {           // the first step warms up
 				viewsTimed += views
 				timeTimed += dt
 			}

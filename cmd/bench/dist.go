@@ -101,6 +101,7 @@ func runDist(args []string) error {
 	scaling := fs.String("scaling", "", "world sizes for a scaling run of cmd/train processes, e.g. 1,2 (empty skips)")
 	device := fs.String("device", "cpu", "device of the scaling runs: cpu or cuda (one GPU per rank)")
 	steps := fs.Int("steps", 30, "steps of each scaling run")
+	trainBin := fs.String("train", "", "cmd/train binary of the scaling runs (empty: go build it)")
 	jsonPath := fs.String("json", "", "write the rows as JSON to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -179,7 +180,7 @@ func runDist(args []string) error {
 		if err != nil {
 			return fmt.Errorf("-scaling: %w", err)
 		}
-		if scale, err = runScaling(sw, *device, *steps); err != nil {
+		if scale, err = runScaling(sw, *device, *steps, *trainBin); err != nil {
 			return err
 		}
 	}
@@ -292,10 +293,12 @@ var doneLine = regexp.MustCompile(`done: \d+ steps, final loss [-\d.eE+NaInf]+, 
 // runScaling trains with cmd/train at each world size, the per-rank
 // batch fixed (N = 64 W), and reports views/s and the efficiency
 // against W = 1 (views/s per rank over the one-rank figure).
-func runScaling(worlds []int, device string, steps int) ([]scalingRow, error) {
-	bin := filepath.Join(os.TempDir(), "polyview-bench-train")
-	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/train").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("building cmd/train: %v\n%s", err, out)
+func runScaling(worlds []int, device string, steps int, bin string) ([]scalingRow, error) {
+	if bin == "" {
+		bin = filepath.Join(os.TempDir(), "polyview-bench-train")
+		if out, err := exec.Command("go", "build", "-o", bin, "./cmd/train").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building cmd/train: %v\n%s", err, out)
+		}
 	}
 	fmt.Printf("\nScaling: cmd/train -device %s, convnet28 on MNIST, 64 images per rank, M = 4, %d steps\n",
 		device, steps)
