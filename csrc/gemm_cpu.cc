@@ -1,16 +1,18 @@
 // gemm_cpu.cc: a packed, blocked, multithreaded GEMM for the CPU backend.
 //
 // The classic Goto/BLIS structure: B is packed once per (NC x KC) block
-// into column slivers of NR that stay in L1 while a 6 x NR micro-kernel
-// sweeps an A block (MC x KC, packed into 6-row slivers, resident in L2).
-// The micro-kernel keeps 6 x 2 vector accumulators in registers (12 of the
-// 16 ymm registers on AVX2) and issues two FMAs per broadcast of A, so it
-// is bound by FMA throughput rather than loads. One template compiles twice:
-// once for AVX2+FMA, chosen at run time by __builtin_cpu_supports, and
-// once portable. Threads split the A blocks and, when there are too few
-// for the pool, the columns of the B block as well. When B packed for the
-// whole depth is small (weights), it is packed once and each task runs
-// its tile over all of k: one pool sync per call and C stays in cache.
+// into column slivers of NR that stay in L1 while an MR x NR micro-kernel
+// sweeps an A block (MC x KC, packed into MR-row slivers, resident in L2).
+// The micro-kernel keeps MR x 2 vector accumulators in registers and
+// issues two FMAs per broadcast of A, so it is bound by FMA throughput
+// rather than loads. One template compiles three times and the widest the
+// processor runs is chosen at run time (cpu_simd_level): AVX-512 with
+// 8 x 32 float tiles (16 of the 32 zmm registers, twice the work per FMA
+// of AVX2), AVX2+FMA with 6 x 16 tiles (12 of the 16 ymm registers), and
+// portable. Threads split the A blocks and, when there are too few for the
+// pool, the columns of the B block as well. When B packed for the whole
+// depth is small (weights), it is packed once and each task runs its tile
+// over all of k: one pool sync per call and C stays in cache.
 #include "gemm_cpu.h"
 
 #include <algorithm>
@@ -23,16 +25,24 @@
 namespace pv {
 namespace {
 
-constexpr int kMR = 6;         // rows of the micro-tile
-constexpr int64_t kKC = 256;   // depth of a packed block: B sliver 16 KiB (float)
+constexpr int64_t kKC = 256;   // depth of a packed block: B sliver 16-32 KiB (float)
 constexpr int64_t kMC = 120;   // rows of an A block: 120 KiB packed (float), in L2
 constexpr int64_t kNC = 3072;  // columns of a packed B block (per-slice passes)
-constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits the 32 MiB L3
-
-template <typename T>
-constexpr int nr() { return 2 * Vec<T>::lanes; }  // columns of the micro-tile
+constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits the L3
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A micro-tile: MR rows by two vectors of Bytes. kMC is a multiple of MR.
+template <typename T, int Bytes, int Rows>
+struct Tile {
+  typedef T V __attribute__((vector_size(Bytes)));
+  static constexpr int L = Bytes / (int)sizeof(T), MR = Rows, NR = 2 * L;
+  static_assert(kMC % MR == 0, "A blocks hold whole slivers");
+};
+template <typename T>
+using NarrowTile = Tile<T, 32, 6>;  // AVX2 and portable
+template <typename T>
+using WideTile = Tile<T, 64, 8>;  // AVX-512
 
 // One call's operands plus the current column block jc and its packed B.
 template <typename T>
@@ -54,41 +64,36 @@ struct Job {
   int64_t col_chunk;  // columns per chunk, a multiple of NR
 };
 
-// Packs op(A)[i0 : i0 + mc][pc : pc + kc] into 6-row slivers
-// dst[sliver][kk][kMR], rows past the end zero. Full slivers take a
-// branch-free path (six source rows read side by side) since packing A
+// Packs op(A)[i0 : i0 + mc][pc : pc + kc] into MR-row slivers
+// dst[sliver][kk][MR], rows past the end zero. Full slivers take a
+// branch-free path (MR source rows read side by side) since packing A
 // is redone for every task and showed up at ~10% of a ResNet step.
-template <typename T>
+template <typename T, typename S>
 PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64_t kc,
                       T *dst) {
-  for (int64_t ir = 0; ir < mc; ir += kMR) {
-    const int rows = (int)std::min<int64_t>(kMR, mc - ir);
+  constexpr int MR = S::MR;
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const int rows = (int)std::min<int64_t>(MR, mc - ir);
     T *d = dst + ir * kc;
-    if (!j.ta && rows == kMR) {
+    if (!j.ta && rows == MR) {
       const T *s = j.a + (i0 + ir) * j.lda + pc;
       const int64_t ld = j.lda;
-      for (int64_t kk = 0; kk < kc; kk++, d += kMR) {
-        d[0] = s[kk];
-        d[1] = s[ld + kk];
-        d[2] = s[2 * ld + kk];
-        d[3] = s[3 * ld + kk];
-        d[4] = s[4 * ld + kk];
-        d[5] = s[5 * ld + kk];
-      }
+      for (int64_t kk = 0; kk < kc; kk++, d += MR)
+        for (int r = 0; r < MR; r++) d[r] = s[r * ld + kk];
     } else if (!j.ta) {
-      for (int r = 0; r < kMR; r++) {
+      for (int r = 0; r < MR; r++) {
         const T *src = j.a + (i0 + ir + r) * j.lda + pc;
-        for (int64_t kk = 0; kk < kc; kk++) d[kk * kMR + r] = r < rows ? src[kk] : (T)0;
+        for (int64_t kk = 0; kk < kc; kk++) d[kk * MR + r] = r < rows ? src[kk] : (T)0;
       }
-    } else if (rows == kMR) {
+    } else if (rows == MR) {
       for (int64_t kk = 0; kk < kc; kk++) {
         const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
-        for (int r = 0; r < kMR; r++) d[kk * kMR + r] = src[r];
+        for (int r = 0; r < MR; r++) d[kk * MR + r] = src[r];
       }
     } else {
       for (int64_t kk = 0; kk < kc; kk++) {
         const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
-        for (int r = 0; r < kMR; r++) d[kk * kMR + r] = r < rows ? src[r] : (T)0;
+        for (int r = 0; r < MR; r++) d[kk * MR + r] = r < rows ? src[r] : (T)0;
       }
     }
   }
@@ -96,9 +101,10 @@ PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64
 
 // Packs the NR-column sliver p of op(B)[pc : pc + kc][jc : jc + nc] into
 // its place in j.bpack. Full slivers skip the per-element bounds test.
-template <typename T>
+template <typename T, typename S>
 PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc) {
-  constexpr int NR = nr<T>();
+  typedef typename S::V V;
+  constexpr int NR = S::NR, L = S::L;
   const int64_t j0 = j.jc + p * NR;
   const int cols = (int)std::min<int64_t>(NR, j.jc + j.nc - j0);
   T *d = const_cast<T *>(j.bpack) + (pc - j.pc0) * j.ncp + p * kc * NR;
@@ -106,8 +112,6 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
     for (int64_t kk = 0; kk < kc; kk++) {
       const T *src = j.b + (pc + kk) * j.ldb + j0;
       if (cols == NR) {  // two vector copies: GCC kept the loop scalar
-        typedef typename Vec<T>::type V;
-        constexpr int L = Vec<T>::lanes;
         vstore(d + kk * NR, vload<V>(src));
         vstore(d + kk * NR + L, vload<V>(src + L));
       } else {
@@ -126,29 +130,29 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
   }
 }
 
-// c[rows][cols] = alpha * ap bp + beta * c for one 6 x NR micro-tile.
-template <typename T>
+// c[rows][cols] = alpha * ap bp + beta * c for one MR x NR micro-tile.
+template <typename T, typename S>
 PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T beta, T *c,
                             int64_t ldc, int rows, int cols) {
-  typedef typename Vec<T>::type V;
-  constexpr int L = Vec<T>::lanes, NR = nr<T>();
-  V acc[kMR][2];
-  for (int i = 0; i < kMR; i++) acc[i][0] = acc[i][1] = V{};
+  typedef typename S::V V;
+  constexpr int L = S::L, NR = S::NR, MR = S::MR;
+  V acc[MR][2];
+  for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = V{};
   // Unrolled by 4: the loop's own add/compare otherwise compete with the
-  // 12 FMAs of an iteration for issue slots.
+  // 2 MR FMAs of an iteration for issue slots.
 #pragma GCC unroll 4
   for (int64_t kk = 0; kk < kc; kk++) {
     const V b0 = vload<V>(bp), b1 = vload<V>(bp + L);
-    for (int i = 0; i < kMR; i++) {
+    for (int i = 0; i < MR; i++) {
       const T ai = ap[i];
       acc[i][0] += ai * b0;
       acc[i][1] += ai * b1;
     }
-    ap += kMR;
+    ap += MR;
     bp += NR;
   }
-  if (rows == kMR && cols == NR) {
-    for (int i = 0; i < kMR; i++)
+  if (rows == MR && cols == NR) {
+    for (int i = 0; i < MR; i++)
       for (int v = 0; v < 2; v++) {
         V r = acc[i][v] * alpha;
         if (beta != (T)0) r += beta * vload<V>(c + i * ldc + v * L);
@@ -156,8 +160,8 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T bet
       }
     return;
   }
-  T tmp[kMR * NR];
-  for (int i = 0; i < kMR; i++)
+  T tmp[MR * NR];
+  for (int i = 0; i < MR; i++)
     for (int v = 0; v < 2; v++) vstore(tmp + i * NR + v * L, acc[i][v]);
   for (int i = 0; i < rows; i++)
     for (int jj = 0; jj < cols; jj++) {
@@ -174,9 +178,9 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T bet
 // the sums run over the same KC slices in the same order either way, so
 // results do not depend on the thread count or the pass layout. Within a
 // slice, sliver by sliver: the B sliver stays in L1 while A is in L2.
-template <typename T>
+template <typename T, typename S>
 PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
-  constexpr int NR = nr<T>();
+  constexpr int NR = S::NR, MR = S::MR;
   const int64_t i0 = (task / j.col_tasks) * kMC, mc = std::min(kMC, j.m - i0);
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
@@ -184,40 +188,54 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
     const int64_t kc = std::min(kKC, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;
-    pack_a(j, i0, mc, pc, kc, ap);
+    pack_a<T, S>(j, i0, mc, pc, kc, ap);
     const T *bblk = j.bpack + (pc - j.pc0) * j.ncp;
     for (int64_t jr = c0; jr < c1; jr += NR) {
       const T *bp = bblk + jr * kc;
       const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
-      for (int64_t ir = 0; ir < mc; ir += kMR)
-        micro_kernel(kc, ap + ir * kc, bp, j.alpha, beta,
-                     j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
-                     (int)std::min<int64_t>(kMR, mc - ir), cols);
+      for (int64_t ir = 0; ir < mc; ir += MR)
+        micro_kernel<T, S>(kc, ap + ir * kc, bp, j.alpha, beta,
+                           j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
+                           (int)std::min<int64_t>(MR, mc - ir), cols);
     }
   }
 }
 
-PV_TARGET_AVX2 void pack_b_avx2(const Job<float> &j, int64_t p, int64_t pc, int64_t kc) {
-  pack_b_sliver(j, p, pc, kc);
-}
-PV_TARGET_AVX2 void pack_b_avx2(const Job<double> &j, int64_t p, int64_t pc, int64_t kc) {
-  pack_b_sliver(j, p, pc, kc);
-}
-void pack_b_portable(const Job<float> &j, int64_t p, int64_t pc, int64_t kc) {
-  pack_b_sliver(j, p, pc, kc);
-}
-void pack_b_portable(const Job<double> &j, int64_t p, int64_t pc, int64_t kc) {
-  pack_b_sliver(j, p, pc, kc);
-}
+// The compiled variants of the two task bodies, and the table gemm_impl
+// picks from: NR differs between them, so it travels with the functions.
+template <typename T>
+struct Kernels {
+  int nr;
+  void (*pack_b)(const Job<T> &, int64_t sliver, int64_t pc, int64_t kc);
+  void (*block)(const Job<T> &, int64_t task, int worker);
+};
 
-PV_TARGET_AVX2 void block_task_avx2(const Job<float> &j, int64_t t, int w) {
-  block_task(j, t, w);
+#define PV_GEMM_VARIANT(name, target, tile)                                              \
+  template <typename T>                                                                  \
+  target void pack_b_##name(const Job<T> &j, int64_t p, int64_t pc, int64_t kc) {        \
+    pack_b_sliver<T, tile<T>>(j, p, pc, kc);                                             \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  target void block_task_##name(const Job<T> &j, int64_t t, int w) {                     \
+    block_task<T, tile<T>>(j, t, w);                                                     \
+  }                                                                                      \
+  template <typename T>                                                                  \
+  Kernels<T> kernels_##name() {                                                          \
+    return Kernels<T>{tile<T>::NR, pack_b_##name<T>, block_task_##name<T>};              \
+  }
+
+PV_GEMM_VARIANT(avx512, PV_TARGET_AVX512, WideTile)
+PV_GEMM_VARIANT(avx2, PV_TARGET_AVX2, NarrowTile)
+PV_GEMM_VARIANT(portable, , NarrowTile)
+#undef PV_GEMM_VARIANT
+
+template <typename T>
+const Kernels<T> &kernels() {
+  static const Kernels<T> k = cpu_has_avx512()     ? kernels_avx512<T>()
+                              : cpu_has_avx2_fma() ? kernels_avx2<T>()
+                                                   : kernels_portable<T>();
+  return k;
 }
-PV_TARGET_AVX2 void block_task_avx2(const Job<double> &j, int64_t t, int w) {
-  block_task(j, t, w);
-}
-void block_task_portable(const Job<float> &j, int64_t t, int w) { block_task(j, t, w); }
-void block_task_portable(const Job<double> &j, int64_t t, int w) { block_task(j, t, w); }
 
 template <typename T>
 void scale_c(int64_t m, int64_t n, T beta, T *c, int64_t ldc) {
@@ -227,21 +245,25 @@ void scale_c(int64_t m, int64_t n, T beta, T *c, int64_t ldc) {
 }
 
 // FMA chains for the peak measurement: 10 independent accumulators hide
-// the FMA latency (4 cycles x 2 units needs at least 8).
-template <typename V>
-PV_INLINE V fma_chains(int64_t iters) {
+// the FMA latency (4 cycles x 2 units needs at least 8). Returns a sum of
+// the results so that the work is not optimised away.
+template <typename S>
+PV_INLINE float fma_chains(int64_t iters) {
+  typedef typename S::V V;
   V acc[10], x = V{} + 0.999999f, y = V{} + 1e-7f;
   for (int i = 0; i < 10; i++) acc[i] = V{} + (float)i;
   for (int64_t t = 0; t < iters; t++)
     for (int i = 0; i < 10; i++) acc[i] = acc[i] * x + y;
-  V s = V{};
-  for (int i = 0; i < 10; i++) s += acc[i];
+  float s = 0;
+  for (int i = 0; i < 10; i++)
+    for (int l = 0; l < S::L; l++) s += acc[i][l];
   return s;
 }
-PV_TARGET_AVX2 float fma_run_avx2(int64_t iters) {
-  return hsum<float>(fma_chains<Vec<float>::type>(iters));
+PV_TARGET_AVX512 float fma_run_avx512(int64_t iters) {
+  return fma_chains<WideTile<float>>(iters);
 }
-float fma_run_portable(int64_t iters) { return hsum<float>(fma_chains<Vec<float>::type>(iters)); }
+PV_TARGET_AVX2 float fma_run_avx2(int64_t iters) { return fma_chains<NarrowTile<float>>(iters); }
+float fma_run_portable(int64_t iters) { return fma_chains<NarrowTile<float>>(iters); }
 
 }  // namespace
 
@@ -287,7 +309,8 @@ bool gemm_split_k(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, co
 template <typename T>
 void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
                int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split) {
-  constexpr int NR = nr<T>();
+  const Kernels<T> &kern = kernels<T>();
+  const int64_t NR = kern.nr;
   if (m <= 0 || n <= 0) return;
   if (k <= 0 || alpha == (T)0) {
     scale_c(m, n, beta, c, ldc);
@@ -306,7 +329,6 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   CpuBuffer<T> bpack(std::min(k, depth) * nc_blk), apack(workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
            0, 0, 0, 0, 0, bpack.get(), apack.get(), 1, 0};
-  const bool fast = cpu_has_avx2_fma();
   const int64_t mblocks = ceil_div(m, kMC);
   for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
     j.nc = std::min(nc_blk, n - j.jc);
@@ -324,10 +346,10 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
       const int64_t kblocks = ceil_div(j.pc1 - j.pc0, kKC);
       parallel_for(slivers * kblocks, [&](int64_t t, int) {
         const int64_t pc = j.pc0 + (t / slivers) * kKC, kc = std::min(kKC, k - pc);
-        fast ? pack_b_avx2(j, t % slivers, pc, kc) : pack_b_portable(j, t % slivers, pc, kc);
+        kern.pack_b(j, t % slivers, pc, kc);
       });
       parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
-        fast ? block_task_avx2(j, t, w) : block_task_portable(j, t, w);
+        kern.block(j, t, w);
       });
     }
   }
@@ -346,13 +368,16 @@ template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const 
 
 double cpu_fma_peak_gflops() {
   const int64_t iters = 2000000;
+  const bool wide = cpu_has_avx512(), fast = cpu_has_avx2_fma();
+  const int lanes = wide ? WideTile<float>::L : NarrowTile<float>::L;
   double best = 0;
   volatile float sink = 0;
   for (int rep = 0; rep < 5; rep++) {
     auto t0 = std::chrono::steady_clock::now();
-    sink = sink + (cpu_has_avx2_fma() ? fma_run_avx2(iters) : fma_run_portable(iters));
+    sink = sink + (wide ? fma_run_avx512(iters)
+                   : fast ? fma_run_avx2(iters) : fma_run_portable(iters));
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, 2.0 * 8 * 10 * (double)iters / s / 1e9);
+    best = std::max(best, 2.0 * lanes * 10 * (double)iters / s / 1e9);
   }
   return best;
 }

@@ -231,3 +231,22 @@ func (r *run) closeDist() {
 		r.ownGroup.Close()
 	}
 }
+
+// ranksSummary describes the data-parallel layout for the start-up table.
+func (r *run) ranksSummary() string {
+	if r.group == nil {
+		return "1 (no data parallelism)"
+	}
+	transport := "TCP"
+	if _, ok := r.group.(*dist.NCCLGroup); ok {
+		transport = "NCCL"
+	} else if _, ok := r.group.(*dist.TCPGroup); !ok {
+		transport = "in-process"
+	}
+	bn := "synchronised BN"
+	if !r.cfg.SyncBN {
+		bn = "per-rank BN"
+	}
+	return fmt.Sprintf("%d over %s, %d images each, %s, %d gradient buckets", r.world(),
+		transport, r.localN(), bn, r.reducer.Buckets())
+}

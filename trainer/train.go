@@ -324,6 +324,7 @@ func (r *run) printSummary() {
 			r.cfg.WarmupSteps)},
 		{"schedule", fmt.Sprintf("%d steps (%d per epoch), from step %d", r.total,
 			r.stepsPerEpoch, r.step)},
+		{"ranks", r.ranksSummary()},
 		{"seed", fmt.Sprint(r.cfg.Seed)},
 		{"output", r.cfg.Out},
 	}
