@@ -195,3 +195,67 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// TestLauncherSignalStopsAllRanksTogether: SIGTERM to the launcher
+// reaches every rank; they agree on one step and rank 0 writes that
+// step's checkpoint (trainer's TestDataParallelResumeOtherWorld resumes
+// such a checkpoint).
+func TestLauncherSignalStopsAllRanksTogether(t *testing.T) {
+	bin := build(t)
+	data := cifarBin(t)
+	out := t.TempDir()
+	cmd := exec.Command(bin, append([]string{"-nproc-per-node", "2"},
+		smallRun(data, out, 100000)...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var log bytes.Buffer
+	training := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		seen := false
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			if !seen && strings.Contains(sc.Text(), "step=3") {
+				seen = true
+				close(training)
+			}
+		}
+		done <- cmd.Wait()
+	}()
+	select {
+	case <-training:
+	case <-time.After(60 * time.Second):
+		t.Fatal("no training step within 60 s")
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the launch did not end 60 s after SIGTERM")
+	}
+	// Both ranks report the same step; rank 0's checkpoint is that step's.
+	steps := map[string]bool{}
+	for _, line := range strings.Split(log.String(), "\n") {
+		if i := strings.Index(line, "training interrupted at step "); i >= 0 {
+			steps[strings.Fields(line[i+len("training interrupted at step "):])[0]] = true
+		}
+	}
+	if len(steps) != 1 || !strings.Contains(log.String(), "[rank 1] train: training interrupted") {
+		t.Fatalf("ranks stopped at steps %v:\n%s", steps, tail(log.String(), 3000))
+	}
+	var step string
+	for s := range steps {
+		step = strings.TrimSuffix(s, ";")
+	}
+	path, err := checkpoint.Latest(out)
+	if err != nil || !strings.HasSuffix(path, fmt.Sprintf("ckpt-%09s", step)) {
+		t.Errorf("latest checkpoint %q (%v), ranks stopped at step %s", path, err, step)
+	}
+}

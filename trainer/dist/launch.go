@@ -164,7 +164,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) error {
 		}
 	}
 	var first error
-	stopping := false
+	stopping, interrupted := false, false
 	var kill <-chan time.Time
 	ctxDone := ctx.Done()
 	for left := len(procs); left > 0; {
@@ -182,6 +182,7 @@ func Launch(ctx context.Context, cfg LaunchConfig) error {
 		case <-ctxDone:
 			ctxDone = nil
 			if !stopping {
+				interrupted = true
 				stopping = true
 				signalAll(syscall.SIGTERM)
 				kill = time.After(cfg.Grace)
@@ -192,8 +193,13 @@ func Launch(ctx context.Context, cfg LaunchConfig) error {
 		}
 	}
 	pipes.Wait()
-	if first == nil && ctx.Err() != nil {
-		return ctx.Err()
+	if interrupted {
+		// The ranks were asked to stop (and to write their checkpoint): a
+		// non-zero exit is their way of saying the run is not finished.
+		if first == nil {
+			return fmt.Errorf("launch interrupted: %w", ctx.Err())
+		}
+		return fmt.Errorf("launch interrupted; the ranks stopped (%w)", first)
 	}
 	return first
 }
