@@ -121,15 +121,15 @@ func reduceSum(dt bindings.DType, slots [][]byte) ([]byte, error) {
 	case bindings.Float32:
 		for _, s := range slots[1:] {
 			for i := 0; i+4 <= len(out); i += 4 {
-				v := math.Float32frombits(le.Uint32(out[i:])) + math.Float32frombits(le.Uint32(s[i:]))
-				le.PutUint32(out[i:], math.Float32bits(v))
+				a, b := math.Float32frombits(le.Uint32(out[i:])), math.Float32frombits(le.Uint32(s[i:]))
+				le.PutUint32(out[i:], math.Float32bits(a+b))
 			}
 		}
 	case bindings.Float64:
 		for _, s := range slots[1:] {
 			for i := 0; i+8 <= len(out); i += 8 {
-				v := math.Float64frombits(le.Uint64(out[i:])) + math.Float64frombits(le.Uint64(s[i:]))
-				le.PutUint64(out[i:], math.Float64bits(v))
+				a, b := math.Float64frombits(le.Uint64(out[i:])), math.Float64frombits(le.Uint64(s[i:]))
+				le.PutUint64(out[i:], math.Float64bits(a+b))
 			}
 		}
 	default:

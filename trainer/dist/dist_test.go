@@ -170,8 +170,10 @@ func TestFailures(t *testing.T) {
 		limit time.Duration
 	}{
 		{"died", func(c Collective) { c.Close() }, "rank 2 closed its connection", 3 * time.Second},
-		{"hangs", func(c Collective) { time.Sleep(3 * time.Second) }, "rank 2 did not complete all-reduce", 3 * time.Second},
-		{"fails", func(c Collective) { c.Fail(errors.New("out of memory")) }, "out of memory", 3 * time.Second},
+		{"hangs", func(c Collective) { time.Sleep(3 * time.Second) },
+			"rank 2 did not complete all-reduce", 3 * time.Second},
+		{"fails", func(c Collective) { c.Fail(errors.New("out of memory")) },
+			"out of memory", 3 * time.Second},
 		{"diverged", func(c Collective) {
 			x, _ := dev.NewTensor(bindings.Float32, 4)
 			defer x.Close()

@@ -83,7 +83,8 @@ func (b *BatchNorm) forwardSync(x *bindings.Tensor) error {
 // other parameters); their sum over all ranks gives dx.
 func (b *BatchNorm) backwardSync(dy *bindings.Tensor) error {
 	c := b.Gamma.Value.Numel()
-	if err := bindings.BatchNormBackwardStats(b.x, b.saveMean, b.saveInvStd, dy, b.stats); err != nil {
+	err := bindings.BatchNormBackwardStats(b.x, b.saveMean, b.saveInvStd, dy, b.stats)
+	if err != nil {
 		return err
 	}
 	if err := b.Beta.Grad.CopyFrom(0, b.stats, 0, c); err != nil {
