@@ -6,20 +6,25 @@ import (
 
 	"github.com/polyview/polyview/bindings"
 	"github.com/polyview/polyview/datasets"
+	"github.com/polyview/polyview/trainer/model"
 )
 
 // multiSizeStep is trainStep for recipes of several output sizes (multi-
-// crop's global and local views). The encoder runs once per size group;
-// the head outputs are gathered into one [N, M, d] for the loss, whose
-// gradient is split back per group. The layers keep the activations of
-// their last forward only, so the groups are back-propagated last first
-// and every earlier group is forwarded again before its backward (the
-// cost of one more forward of all but the last group; BN running
-// statistics see those groups twice). Parameter gradients are summed over
-// the groups.
+// crop's global and local views). The encoder runs once per size group:
+// the last group through the model, every other group through a replica
+// of it (same weights and running statistics, its own activations and
+// gradients), so each group keeps its activations for the backward pass
+// and BN's running statistics see every view once. The head outputs are
+// gathered into one [N, M, d] for the loss, whose gradient is split back
+// per group; the replicas' parameter gradients are then added to the
+// model's.
 func (r *run) multiSizeStep(b *datasets.Batch) (float64, error) {
 	n, m, d := len(b.Samples), r.cfg.M, r.model.OutDim
 	groups := bindings.Groups(r.recipes)
+	if err := r.ensureReplicas(len(groups) - 1); err != nil {
+		return 0, err
+	}
+	models := append(append([]*model.Model(nil), r.replicas...), r.model)
 	views := make([]*bindings.Tensor, len(groups))
 	defer func() {
 		for _, v := range views {
@@ -37,7 +42,7 @@ func (r *run) multiSizeStep(b *datasets.Batch) (float64, error) {
 			return 0, fmt.Errorf("views %d..%d: %w", first, first+count-1, err)
 		}
 		views[gi] = v
-		if err := r.forwardGroup(v, count, first, h, n, m, d); err != nil {
+		if err := forwardGroup(models[gi], v, count, first, h, n, m, d); err != nil {
 			return 0, err
 		}
 	}
@@ -60,52 +65,31 @@ func (r *run) multiSizeStep(b *datasets.Batch) (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-
-	params := r.model.Params()
-	var acc []*bindings.Tensor // the summed gradients, once the first group is done
-	for gi := len(groups) - 1; gi >= 0; gi-- {
-		first, count := groups[gi][0], groups[gi][1]
-		if gi != len(groups)-1 {
-			if err := r.forwardGroup(views[gi], count, first, nil, n, m, d); err != nil {
-				return 0, err
-			}
-		}
-		if err := r.backwardGroup(dhHost, first, count, n, m, d); err != nil {
+	for gi, g := range groups {
+		if err := r.backwardGroup(models[gi], dhHost, g[0], g[1], n, m, d); err != nil {
 			return 0, err
 		}
-		if acc == nil {
-			// Keep this group's gradients; the next backward writes into spares.
-			if err := r.ensureSpareGrads(); err != nil {
-				return 0, err
-			}
-			acc = make([]*bindings.Tensor, len(params))
-			for i, p := range params {
-				acc[i], p.Grad, r.spareGrads[i] = p.Grad, r.spareGrads[i], nil
-			}
-			continue
-		}
-		for i, p := range params {
-			if err := bindings.Add(acc[i], p.Grad, acc[i]); err != nil {
+	}
+	params := r.model.Params()
+	for _, rep := range r.replicas {
+		for i, p := range rep.Params() {
+			if err := bindings.Add(params[i].Grad, p.Grad, params[i].Grad); err != nil {
 				return 0, err
 			}
 		}
 	}
-	for i, p := range params {
-		r.spareGrads[i], p.Grad = p.Grad, acc[i]
-	}
-	// p.Grad is again the tensor it was before the step (the reducer's).
 	if err := r.reduceGrads(); err != nil {
 		return 0, err
 	}
 	return loss, r.opt.Step(r.sched.LR(int(r.step)))
 }
 
-// forwardGroup runs views [n*count, H, W, 3] through the model and, when h
-// is not nil, copies the head outputs into views first.. of h [n][m][d].
-func (r *run) forwardGroup(views *bindings.Tensor, count, first int, h []float32,
+// forwardGroup runs views [n*count, H, W, 3] through mm and copies the
+// head outputs into views first.. of h [n][m][d].
+func forwardGroup(mm *model.Model, views *bindings.Tensor, count, first int, h []float32,
 	n, m, d int) error {
-	out, err := r.model.ForwardViews(views, count)
-	if err != nil || h == nil {
+	out, err := mm.ForwardViews(views, count)
+	if err != nil {
 		return err
 	}
 	z, err := out.Float32()
@@ -118,8 +102,9 @@ func (r *run) forwardGroup(views *bindings.Tensor, count, first int, h []float32
 	return nil
 }
 
-// backwardGroup back-propagates the rows of views first.. of dh [n][m][d].
-func (r *run) backwardGroup(dh []float32, first, count, n, m, d int) error {
+// backwardGroup back-propagates through mm the rows of views first.. of
+// dh [n][m][d].
+func (r *run) backwardGroup(mm *model.Model, dh []float32, first, count, n, m, d int) error {
 	part := make([]float32, n*count*d)
 	for i := 0; i < n; i++ {
 		copy(part[i*count*d:(i+1)*count*d], dh[(i*m+first)*d:(i*m+first+count)*d])
@@ -129,22 +114,17 @@ func (r *run) backwardGroup(dh []float32, first, count, n, m, d int) error {
 		return err
 	}
 	defer t.Close()
-	return r.model.Backward(t)
+	return mm.Backward(t)
 }
 
-// ensureSpareGrads allocates one spare gradient tensor per parameter.
-func (r *run) ensureSpareGrads() error {
-	params := r.model.Params()
-	if len(r.spareGrads) == len(params) && r.spareGrads[0] != nil {
-		return nil
-	}
-	r.spareGrads = make([]*bindings.Tensor, len(params))
-	for i, p := range params {
-		t, err := r.dev.NewTensor(p.Grad.DType(), p.Grad.Shape()...)
+// ensureReplicas makes k replicas of the model, once.
+func (r *run) ensureReplicas(k int) error {
+	for len(r.replicas) < k {
+		rep, err := r.model.Replica()
 		if err != nil {
 			return err
 		}
-		r.spareGrads[i] = t
+		r.replicas = append(r.replicas, rep)
 	}
 	return nil
 }

@@ -72,8 +72,8 @@ type run struct {
 	serial   *dist.Serial // orders the collectives of the backward pass
 	flags    *bindings.Tensor
 
-	spareGrads []*bindings.Tensor // multi-size steps: gradients of one group
-	views, dh  *bindings.Tensor   // the step's views and dL/dh, reused across steps
+	replicas  []*model.Model   // multi-size steps: one per size group but the last
+	views, dh *bindings.Tensor // the step's views and dL/dh, reused across steps
 
 	step, total      int64
 	epoch, batchInEp int
@@ -115,7 +115,10 @@ func (r *run) close() {
 		r.opt.Close()
 	}
 	r.closeDist()
-	for _, t := range append(r.spareGrads, r.views, r.dh) {
+	for _, rep := range r.replicas {
+		rep.Close() // before the model, whose tensors they borrow
+	}
+	for _, t := range []*bindings.Tensor{r.views, r.dh} {
 		if t != nil {
 			t.Close()
 		}

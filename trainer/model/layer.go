@@ -25,6 +25,9 @@ type Param struct {
 	// NoDecay marks BN scales and shifts and biases: optimizers exclude
 	// them from weight decay and from LARS's trust-ratio adaptation.
 	NoDecay bool
+	// borrowed marks a replica's view of another model's tensor: Close
+	// leaves Value to its owner.
+	borrowed bool
 }
 
 // Layer is one step of a network. Backward takes dL/dy for the output of
@@ -71,7 +74,13 @@ func closeAll(ts ...*bindings.Tensor) {
 
 func closeParams(ps []*Param) {
 	for _, p := range ps {
-		closeAll(p.Value, p.Grad)
+		if p == nil {
+			continue
+		}
+		if !p.borrowed {
+			closeAll(p.Value)
+		}
+		closeAll(p.Grad)
 	}
 }
 

@@ -369,3 +369,77 @@ func TestGradHook(t *testing.T) {
 		t.Errorf("after removing the hook: %v, %d calls", err, len(heard))
 	}
 }
+
+// TestReplica: a replica computes with the model's weights and running
+// statistics but keeps its own activations and gradients. Forwarding x1
+// through the model and x2 through the replica, then back-propagating
+// both, gives bit for bit what one model gives for x1 (forward and
+// backward) followed by x2 (the running statistics see x1 then x2 once
+// each); closing the replica leaves the model whole.
+func TestReplica(t *testing.T) {
+	dev := cpu(t)
+	cfg := Config{Arch: "resnet18", Stem: "cifar", Width: 8, HeadDims: []int{16, 8}, Seed: 3}
+	m := build(t, dev, cfg)
+	ref := build(t, dev, cfg)
+	r, err := m.Replica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x1 := input(t, dev, bindings.Float32, 1, 4, 8, 8, 3)
+	x2 := input(t, dev, bindings.Float32, 2, 6, 4, 4, 3) // another size, as multi-crop
+	dz1 := input(t, dev, bindings.Float32, 3, 2, 2, 8)
+	dz2 := input(t, dev, bindings.Float32, 4, 3, 2, 8)
+
+	grads := func(mm *Model) [][]float64 {
+		var out [][]float64
+		for _, p := range mm.Params() {
+			out = append(out, values(t, p.Grad))
+		}
+		return out
+	}
+	forward := func(mm *Model, x *bindings.Tensor) {
+		if _, err := mm.ForwardViews(x, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The reference: one model, x1 then x2, each forward then backward.
+	forward(ref, x1)
+	if err := ref.Backward(dz1); err != nil {
+		t.Fatal(err)
+	}
+	want1 := grads(ref)
+	forward(ref, x2)
+	if err := ref.Backward(dz2); err != nil {
+		t.Fatal(err)
+	}
+	want2 := grads(ref)
+
+	// Model and replica: both forwards first, then both backwards.
+	forward(m, x1)
+	forward(r, x2)
+	if err := r.Backward(dz2); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Backward(dz1); err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range grads(m) {
+		if !slices.Equal(g, want1[i]) {
+			t.Errorf("model gradient %s differs", m.Params()[i].Name)
+		}
+	}
+	for i, g := range grads(r) {
+		if !slices.Equal(g, want2[i]) {
+			t.Errorf("replica gradient %s differs", r.Params()[i].Name)
+		}
+	}
+	for i, b := range m.Buffers() {
+		if !slices.Equal(values(t, b.Value), values(t, ref.Buffers()[i].Value)) {
+			t.Errorf("running statistic %s differs", b.Name)
+		}
+	}
+	r.Close()
+	if _, err := m.ForwardViews(x1, 2); err != nil {
+		t.Fatalf("the model after its replica closed: %v", err)
+	}
+}
