@@ -97,6 +97,11 @@ if [[ -n "$train" ]]; then
     -model resnet18 -n 256 -m 4 -steps "$steps" -warmup 30 -knn-every 0 \
     -progress=false -out "$out/train"
 fi
+if [[ -n "$train" ]]; then
+  step train-bf16 "$train" -device cuda -precision bf16 -data "$data" -views simclr-cifar \
+    -view-size 32 -model resnet18 -n 256 -m 4 -steps 100 -warmup 30 -knn-every 0 \
+    -progress=false -out "$out/train-bf16"
+fi
 # Data-parallel: NCCL between GPU ranks needs two GPUs or more.
 ngpu="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 if [[ -n "$train" && "$ngpu" -ge 2 ]]; then

@@ -79,7 +79,7 @@ func Embed(dev *bindings.Device, m *model.Model, ds datasets.Dataset, recipe bin
 // chosen features as host float32, [len(samples)][dim].
 func embedBatch(dev *bindings.Device, m *model.Model, samples []datasets.Sample,
 	recipe bindings.Recipe, head bool) ([]float32, error) {
-	views, err := augmentSamples(dev, samples, []bindings.Recipe{recipe}, 0, 0, 0)
+	views, err := augmentSamples(dev, samples, []bindings.Recipe{recipe}, 0, 0, 0, m.ActDType())
 	if err != nil {
 		return nil, err
 	}
@@ -96,12 +96,14 @@ func embedBatch(dev *bindings.Device, m *model.Model, samples []datasets.Sample,
 
 // augmentSamples draws views firstView .. firstView+len(recipes)-1 of
 // every sample (recipes must share one size) and returns them as
-// [N*len(recipes), H, W, 3] Float32, ready for the encoder, in a new
-// tensor the caller closes.
+// [N*len(recipes), H, W, 3] of dtype (the model's activations: Float32,
+// or BFloat16 in mixed precision), ready for the encoder, in a new tensor
+// the caller closes.
 func augmentSamples(dev *bindings.Device, samples []datasets.Sample, recipes []bindings.Recipe,
-	firstView int, seed, epoch uint64) (*bindings.Tensor, error) {
+	firstView int, seed, epoch uint64, dtype bindings.DType) (*bindings.Tensor, error) {
 	var views *bindings.Tensor
-	if err := augmentInto(dev, samples, recipes, firstView, seed, epoch, &views); err != nil {
+	err := augmentInto(dev, samples, recipes, firstView, seed, epoch, dtype, &views)
+	if err != nil {
 		if views != nil {
 			views.Close()
 		}
@@ -114,7 +116,7 @@ func augmentSamples(dev *bindings.Device, samples []datasets.Sample, recipes []b
 // its size fits and replaces otherwise (the training step's buffer: no
 // allocation per step). The caller owns and closes *buf.
 func augmentInto(dev *bindings.Device, samples []datasets.Sample, recipes []bindings.Recipe,
-	firstView int, seed, epoch uint64, buf **bindings.Tensor) error {
+	firstView int, seed, epoch uint64, dtype bindings.DType, buf **bindings.Tensor) error {
 	imgs := make([]bindings.Image, len(samples))
 	for i, s := range samples {
 		imgs[i] = bindings.Image{Pix: s.Image.Pix, Height: s.Image.H, Width: s.Image.W,
@@ -127,12 +129,12 @@ func augmentInto(dev *bindings.Device, samples []datasets.Sample, recipes []bind
 	defer batch.Close()
 	r := recipes[0]
 	n, m := len(samples), len(recipes)
-	if *buf != nil && (*buf).Numel() != n*m*r.Height*r.Width*3 {
+	if *buf != nil && ((*buf).Numel() != n*m*r.Height*r.Width*3 || (*buf).DType() != dtype) {
 		(*buf).Close()
 		*buf = nil
 	}
 	if *buf == nil {
-		if *buf, err = dev.NewTensor(bindings.Float32, n, m, r.Height, r.Width, 3); err != nil {
+		if *buf, err = dev.NewTensor(dtype, n, m, r.Height, r.Width, 3); err != nil {
 			return err
 		}
 	} else if err := (*buf).Reshape(n, m, r.Height, r.Width, 3); err != nil {

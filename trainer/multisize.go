@@ -37,7 +37,7 @@ func (r *run) multiSizeStep(b *datasets.Batch) (float64, error) {
 	for gi, g := range groups {
 		first, count := g[0], g[1]
 		v, err := augmentSamples(r.dev, b.Samples, r.recipes[first:first+count], first,
-			r.cfg.Seed, uint64(b.Epoch))
+			r.cfg.Seed, uint64(b.Epoch), r.model.ActDType())
 		if err != nil {
 			return 0, fmt.Errorf("views %d..%d: %w", first, first+count-1, err)
 		}
@@ -109,7 +109,11 @@ func (r *run) backwardGroup(mm *model.Model, dh []float32, first, count, n, m, d
 	for i := 0; i < n; i++ {
 		copy(part[i*count*d:(i+1)*count*d], dh[(i*m+first)*d:(i*m+first+count)*d])
 	}
-	t, err := r.dev.FromFloat32(part, n, count, d)
+	from := r.dev.FromFloat32
+	if mm.ActDType() == bindings.BFloat16 {
+		from = r.dev.FromBFloat16 // the head's output gradient, in its dtype
+	}
+	t, err := from(part, n, count, d)
 	if err != nil {
 		return err
 	}

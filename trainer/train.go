@@ -252,11 +252,9 @@ func (r *run) open() error {
 		}
 		break
 	}
-	if r.cfg.Precision == "bf16" {
-		// The loss and the views take bf16; the model's layers hold fp32
-		// tensors only, so mixed precision is refused rather than ignored.
-		return fmt.Errorf("-precision bf16: mixed-precision training is not available yet " +
-			"(the model's layers run fp32); use -precision fp32")
+	if r.cfg.Precision == "bf16" && !r.dev.IsCUDA() {
+		return fmt.Errorf("-precision bf16: mixed precision runs on a GPU; %s computes in "+
+			"fp32 (use -precision fp32)", r.dev.Name())
 	}
 	if r.dev.IsCUDA() {
 		if r.gpu, err = gpumon.Open(0); err != nil {
@@ -295,7 +293,8 @@ func (r *run) open() error {
 	}
 
 	mcfg := model.Config{Arch: r.cfg.Arch, Stem: r.cfg.Stem, Width: r.cfg.Width,
-		HeadDims: r.cfg.HeadDims, ZeroInitResidual: r.cfg.ZeroInit, Seed: r.cfg.Seed}
+		HeadDims: r.cfg.HeadDims, ZeroInitResidual: r.cfg.ZeroInit, Seed: r.cfg.Seed,
+		BF16Activations: r.cfg.Precision == "bf16"}
 	if r.model, err = model.New(r.dev, mcfg); err != nil {
 		return err
 	}
@@ -489,7 +488,8 @@ func (r *run) trainStep(b *datasets.Batch) (float64, error) {
 	}
 	n := len(b.Samples)
 	end := r.dev.Range("augment")
-	err := augmentInto(r.dev, b.Samples, r.recipes, 0, r.cfg.Seed, uint64(b.Epoch), &r.views)
+	err := augmentInto(r.dev, b.Samples, r.recipes, 0, r.cfg.Seed, uint64(b.Epoch),
+		r.model.ActDType(), &r.views)
 	end()
 	if err != nil {
 		return 0, fmt.Errorf("views: %w", err)

@@ -368,3 +368,14 @@ func TestNewRunKeepsEarlierRun(t *testing.T) {
 		t.Errorf("first run's checkpoint: %v", err)
 	}
 }
+
+// TestMixedPrecisionNeedsGPU: -precision bf16 on the CPU is refused with
+// an error saying why, not silently run in fp32.
+func TestMixedPrecisionNeedsGPU(t *testing.T) {
+	cfg := tinyConfig(t)
+	cfg.Precision, cfg.Device = "bf16", "cpu"
+	_, err := Train(context.Background(), cfg, quietLog(), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "mixed precision runs on a GPU") {
+		t.Errorf("bf16 on the CPU: %v", err)
+	}
+}

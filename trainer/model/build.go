@@ -91,7 +91,7 @@ func (r *Residual) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 			return nil, err
 		}
 	}
-	if err := ensure(r.dev, r.dt, &r.sum, h.Shape()...); err != nil {
+	if err := ensure(r.dev, r.act, &r.sum, h.Shape()...); err != nil {
 		return nil, wrap(r.name, "forward", err)
 	}
 	if err := bindings.Add(h, s, r.sum); err != nil {
@@ -116,7 +116,7 @@ func (r *Residual) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
 			return nil, err
 		}
 	}
-	if err := ensure(r.dev, r.dt, &r.dx, dh.Shape()...); err != nil {
+	if err := ensure(r.dev, r.act, &r.dx, dh.Shape()...); err != nil {
 		return nil, wrap(r.name, "backward", err)
 	}
 	return r.dx, wrap(r.name, "backward", bindings.Add(dh, ds, r.dx))

@@ -6,11 +6,13 @@ import (
 	"github.com/polyview/polyview/bindings"
 )
 
-// env is what a layer needs to allocate: the device and the dtype of its
-// activations and parameters.
+// env is what a layer needs to allocate: the device, the dtype of its
+// parameters, gradients and statistics (dt) and that of its activations
+// (act: dt, or bf16 on the GPU in mixed precision).
 type env struct {
 	dev *bindings.Device
 	dt  bindings.DType
+	act bindings.DType
 }
 
 func (e env) param(name string, noDecay bool, shape ...int) (*Param, error) {
@@ -62,7 +64,7 @@ func (c *Conv) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 	}
 	p := (s[1]+2*c.op.Pad-ws[1])/c.op.Stride + 1
 	q := (s[2]+2*c.op.Pad-ws[2])/c.op.Stride + 1
-	if err := ensure(c.dev, c.dt, &c.y, s[0], p, q, ws[0]); err != nil {
+	if err := ensure(c.dev, c.act, &c.y, s[0], p, q, ws[0]); err != nil {
 		return nil, wrap(c.name, "forward", err)
 	}
 	c.x = x
@@ -74,7 +76,7 @@ func (c *Conv) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
 	if c.SkipInputGrad {
 		return nil, wrap(c.name, "backward", c.op.Backward(c.x, c.W.Value, dy, nil, c.W.Grad))
 	}
-	if err := ensure(c.dev, c.dt, &c.dx, c.x.Shape()...); err != nil {
+	if err := ensure(c.dev, c.act, &c.dx, c.x.Shape()...); err != nil {
 		return nil, wrap(c.name, "backward", err)
 	}
 	return c.dx, wrap(c.name, "backward", c.op.Backward(c.x, c.W.Value, dy, c.dx, c.W.Grad))
@@ -132,7 +134,7 @@ func newBatchNorm(e env, name string, c int, momentum, eps float64) (*BatchNorm,
 
 // Forward normalises x [..., C].
 func (b *BatchNorm) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(b.dev, b.dt, &b.y, x.Shape()...); err != nil {
+	if err := ensure(b.dev, b.act, &b.y, x.Shape()...); err != nil {
 		return nil, wrap(b.name, "forward", err)
 	}
 	b.x = x
@@ -146,7 +148,7 @@ func (b *BatchNorm) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 
 // Backward writes the scale and shift gradients and returns dL/dx.
 func (b *BatchNorm) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(b.dev, b.dt, &b.dx, b.x.Shape()...); err != nil {
+	if err := ensure(b.dev, b.act, &b.dx, b.x.Shape()...); err != nil {
 		return nil, wrap(b.name, "backward", err)
 	}
 	if b.synced {
@@ -181,7 +183,7 @@ type ReLU struct {
 
 // Forward returns max(x, 0).
 func (r *ReLU) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(r.dev, r.dt, &r.y, x.Shape()...); err != nil {
+	if err := ensure(r.dev, r.act, &r.y, x.Shape()...); err != nil {
 		return nil, wrap(r.name, "forward", err)
 	}
 	return r.y, wrap(r.name, "forward", bindings.ReLUForward(x, r.y))
@@ -189,7 +191,7 @@ func (r *ReLU) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 
 // Backward masks dy with the forward output's sign.
 func (r *ReLU) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(r.dev, r.dt, &r.dx, dy.Shape()...); err != nil {
+	if err := ensure(r.dev, r.act, &r.dx, dy.Shape()...); err != nil {
 		return nil, wrap(r.name, "backward", err)
 	}
 	return r.dx, wrap(r.name, "backward", bindings.ReLUBackward(r.y, dy, r.dx))
@@ -227,7 +229,7 @@ func (m *MaxPool) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 	}
 	p := (s[1]+2*m.op.Pad-m.op.Kernel)/m.op.Stride + 1
 	q := (s[2]+2*m.op.Pad-m.op.Kernel)/m.op.Stride + 1
-	if err := ensure(m.dev, m.dt, &m.y, s[0], p, q, s[3]); err != nil {
+	if err := ensure(m.dev, m.act, &m.y, s[0], p, q, s[3]); err != nil {
 		return nil, wrap(m.name, "forward", err)
 	}
 	m.x = x
@@ -236,7 +238,7 @@ func (m *MaxPool) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 
 // Backward routes dy to each window's maximum.
 func (m *MaxPool) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(m.dev, m.dt, &m.dx, m.x.Shape()...); err != nil {
+	if err := ensure(m.dev, m.act, &m.dx, m.x.Shape()...); err != nil {
 		return nil, wrap(m.name, "backward", err)
 	}
 	return m.dx, wrap(m.name, "backward", m.op.Backward(m.x, m.y, dy, m.dx))
@@ -260,7 +262,7 @@ func (g *GlobalAvgPool) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 	if len(s) != 4 {
 		return nil, fmt.Errorf("%s forward: input shape %v, want [N, H, W, C]", g.name, s)
 	}
-	if err := ensure(g.dev, g.dt, &g.y, s[0], s[3]); err != nil {
+	if err := ensure(g.dev, g.act, &g.y, s[0], s[3]); err != nil {
 		return nil, wrap(g.name, "forward", err)
 	}
 	g.xshape = s
@@ -269,7 +271,7 @@ func (g *GlobalAvgPool) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 
 // Backward spreads dy evenly over the pixels.
 func (g *GlobalAvgPool) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(g.dev, g.dt, &g.dx, g.xshape...); err != nil {
+	if err := ensure(g.dev, g.act, &g.dx, g.xshape...); err != nil {
 		return nil, wrap(g.name, "backward", err)
 	}
 	return g.dx, wrap(g.name, "backward", bindings.GlobalAvgPoolBackward(dy, g.dx))
@@ -308,7 +310,7 @@ func (l *Linear) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 	if l.OutShape != nil {
 		shape = l.OutShape
 	}
-	if err := ensure(l.dev, l.dt, &l.y, shape...); err != nil {
+	if err := ensure(l.dev, l.act, &l.y, shape...); err != nil {
 		return nil, wrap(l.name, "forward", err)
 	}
 	l.x = x
@@ -324,7 +326,7 @@ func (l *Linear) bias() *bindings.Tensor {
 
 // Backward writes the weight and bias gradients and returns dL/dx.
 func (l *Linear) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
-	if err := ensure(l.dev, l.dt, &l.dx, l.x.Shape()...); err != nil {
+	if err := ensure(l.dev, l.act, &l.dx, l.x.Shape()...); err != nil {
 		return nil, wrap(l.name, "backward", err)
 	}
 	var db *bindings.Tensor

@@ -31,6 +31,12 @@ type Config struct {
 	// DType of activations and parameters: Float32 (the zero value), or
 	// Float64 on the CPU for reference checks.
 	DType bindings.DType `json:"-"`
+	// BF16Activations is mixed precision on the GPU: activations and their
+	// gradients in bf16 (tensor-core convolutions and products with fp32
+	// accumulation), parameters, their gradients and BN statistics in fp32
+	// (the optimizer's master weights). The CPU backend computes in fp32
+	// or fp64 only.
+	BF16Activations bool `json:"-"`
 	// Seed keys the initialisation.
 	Seed uint64 `json:"seed"`
 }
@@ -84,7 +90,16 @@ func New(dev *bindings.Device, cfg Config) (*Model, error) {
 	if cfg.DType != bindings.Float32 && cfg.DType != bindings.Float64 {
 		return nil, fmt.Errorf("model: dtype %v, want float32 or float64", cfg.DType)
 	}
-	b := &builder{env: env{dev: dev, dt: cfg.DType}, cfg: cfg}
+	act := cfg.DType
+	if cfg.BF16Activations {
+		if cfg.DType != bindings.Float32 || !dev.IsCUDA() {
+			return nil, fmt.Errorf("model: bf16 activations need float32 parameters on a "+
+				"CUDA device, not %v on %s (the CPU backend computes in fp32 or fp64)",
+				cfg.DType, dev.Name())
+		}
+		act = bindings.BFloat16
+	}
+	b := &builder{env: env{dev: dev, dt: cfg.DType, act: act}, cfg: cfg}
 	var layers []Layer
 	var rep int
 	var err error
@@ -148,6 +163,10 @@ func (m *Model) forward(x *bindings.Tensor, outShape []int) (*bindings.Tensor, e
 	}
 	return z, nil
 }
+
+// ActDType is the dtype of the activations: of the views Forward takes,
+// of its outputs, and of the gradients Backward takes.
+func (m *Model) ActDType() bindings.DType { return m.stem.act }
 
 // Representation is the encoder's output [B, RepDim] of the last Forward:
 // the features that evaluation (kNN, linear probe) uses. It is
