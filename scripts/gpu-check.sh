@@ -90,6 +90,7 @@ if [[ -n "$bench" ]]; then
   step bench-loss "$bench" loss -device cuda -python "$python" -json "$out/loss.json"
   step bench-loss-cpu "$bench" loss -device cpu -r 4096 -python "$python" -json "$out/loss_cpu.json"
   step bench-views "$bench" views -device cuda -python "$python" -json "$out/views.json"
+  step bench-encoder-gpu "$bench" encoder-gpu -python "$python" -json "$out/encoder_gpu.json"
 fi
 train="$(tool train)"
 if [[ -n "$train" ]]; then
@@ -127,7 +128,7 @@ fi
     IFS='|' read -r n s t l <<<"$r"
     echo "| $n | $s | $t | $l |"
   done
-  for n in bench-loss bench-loss-cpu bench-views bench-dist; do
+  for n in bench-loss bench-loss-cpu bench-views bench-encoder-gpu bench-dist; do
     [[ -f "$out/$n.log" ]] || continue
     echo
     echo "## $n"

@@ -260,13 +260,16 @@ func defaultPython() string {
 	return "python3"
 }
 
-// sourceDir is this package's folder, where peer/ lives.
+// sourceDir is this package's folder, where peer/ lives: where it was
+// compiled, or, for a binary carried to another machine (the GPU check),
+// cmd/bench under the working directory (the repository's root).
 func sourceDir() string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "."
+	if _, file, _, ok := runtime.Caller(0); ok {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(file), "peer")); err == nil {
+			return filepath.Dir(file)
+		}
 	}
-	return filepath.Dir(file)
+	return filepath.Join("cmd", "bench")
 }
 
 func parseInts(s string) ([]int, error) {
