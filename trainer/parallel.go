@@ -94,7 +94,11 @@ func (r *run) setupDist() error {
 			r.reducer.Ready(p.Grad)
 		}
 	})
-	return r.agreeOnState()
+	if err := r.agreeOnState(); err != nil {
+		return err
+	}
+	r.sentMark, r.stepMark = r.group.Traffic(), r.step // metrics count steps' traffic only
+	return nil
 }
 
 // distTimeout is the group's collective timeout, for NCCL.

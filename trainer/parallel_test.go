@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
@@ -189,6 +190,19 @@ func TestDataParallelPerRankBN(t *testing.T) {
 	}
 	if d := math.Abs(res.Losses[0] - one.Losses[0]); d < 1e-4 {
 		t.Errorf("per-rank BN gave the one-rank loss %v (difference %g)", one.Losses[0], d)
+	}
+	// Rank 0's metrics say what it sent per step: without synchronised BN,
+	// the gradients, the gathered projections and the step's flags.
+	b, err := os.ReadFile(filepath.Join(cfg.Out, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Sent float64 `json:"sent_bytes_per_step"`
+	}
+	line := strings.SplitN(string(b), "\n", 2)[0]
+	if err := json.Unmarshal([]byte(line), &rec); err != nil || rec.Sent <= 0 {
+		t.Errorf("first metrics record %s: sent %v (%v)", line, rec.Sent, err)
 	}
 }
 

@@ -70,6 +70,8 @@ type run struct {
 	gloss    *dist.GlobalLoss
 	reducer  *dist.GradReducer
 	serial   *dist.Serial // orders the collectives of the backward pass
+	sentMark dist.Traffic // the group's traffic at the last metrics record
+	stepMark int64        // and its step
 	flags    *bindings.Tensor
 
 	replicas  []*model.Model   // multi-size steps: one per size group but the last
@@ -533,6 +535,11 @@ func (r *run) record(loss, vps, wait float64) {
 	rec := metrics.Record{Kind: "step", Step: r.step, Epoch: r.epoch, Loss: loss,
 		LR: r.sched.LR(int(r.step - 1)), ViewsPerSec: vps, ImagesPerSec: vps / float64(r.cfg.M),
 		DataWait: wait, GPU: r.gpu.Read()}
+	if r.group != nil {
+		tr := r.group.Traffic()
+		rec.SentPerStep = float64(tr.Bytes-r.sentMark.Bytes) / float64(r.step-r.stepMark)
+		r.sentMark, r.stepMark = tr, r.step
+	}
 	if err := r.metrics.Write(rec); err != nil {
 		r.log.Warn("metrics", "err", err)
 	}

@@ -23,6 +23,10 @@ type Record struct {
 	DataWait     float64 `json:"data_wait,omitempty"` // share of step time spent waiting
 	KNNTop1      float64 `json:"knn_top1,omitempty"`
 	ElapsedSec   float64 `json:"elapsed_sec,omitempty"`
+	// SentPerStep is what this rank sent to the other data-parallel ranks
+	// per step since the last record, in bytes (counted on TCP, computed
+	// from the ring algorithms on NCCL).
+	SentPerStep float64 `json:"sent_bytes_per_step,omitempty"`
 
 	GPU *GPUReading `json:"gpu,omitempty"`
 }
