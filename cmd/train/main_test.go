@@ -113,16 +113,33 @@ func TestLaunchedRanksEqualOneProcess(t *testing.T) {
 	}
 }
 
-// TestKilledRankStopsTheOthers: two ranks started by hand, as torchrun
-// or srun would; killing rank 1 mid-run makes rank 0 exit within seconds
-// with an error that names rank 1, far below the collective timeout.
-func TestKilledRankStopsTheOthers(t *testing.T) {
+// TestLostRankStopsTheOthers: two ranks started by hand, as torchrun or
+// srun would. Killing rank 1 mid-run makes rank 0 exit within seconds
+// with an error naming rank 1 (its connection drops); freezing it
+// (SIGSTOP: a hang) makes rank 0 exit once it has waited -dist-timeout,
+// naming rank 1 as the rank that did not complete.
+func TestLostRankStopsTheOthers(t *testing.T) {
+	for _, tc := range []struct {
+		sig     syscall.Signal
+		timeout string
+		want    string
+	}{
+		{syscall.SIGKILL, "5m", "rank 1 closed its connection"},
+		{syscall.SIGSTOP, "3s", "rank 1 did not complete"},
+	} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			lostRank(t, tc.sig, tc.timeout, tc.want)
+		})
+	}
+}
+
+func lostRank(t *testing.T, sig syscall.Signal, timeout, want string) {
 	bin := build(t)
 	data := cifarBin(t)
 	port := freeTestPort(t)
 	out := t.TempDir()
 	start := func(rank int) (*exec.Cmd, io.Reader) {
-		cmd := exec.Command(bin, append(smallRun(data, out, 100000), "-dist-timeout", "5m")...)
+		cmd := exec.Command(bin, append(smallRun(data, out, 100000), "-dist-timeout", timeout)...)
 		cmd.Env = append(os.Environ(), "RANK="+fmt.Sprint(rank), "WORLD_SIZE=2",
 			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+fmt.Sprint(port))
 		r, err := cmd.StderrPipe()
@@ -138,7 +155,7 @@ func TestKilledRankStopsTheOthers(t *testing.T) {
 	rank0, err0 := start(0)
 	rank1, err1 := start(1)
 	go io.Copy(io.Discard, err1)
-	// Rank 0 logs every step; kill rank 1 once they are training.
+	// Rank 0 logs every step; act on rank 1 once they are training.
 	var log0 bytes.Buffer
 	training := make(chan struct{})
 	done0 := make(chan error, 1)
@@ -161,21 +178,21 @@ func TestKilledRankStopsTheOthers(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("no training step within 60 s")
 	}
-	rank1.Process.Signal(syscall.SIGKILL)
-	killed := time.Now()
+	rank1.Process.Signal(sig)
+	hit := time.Now()
 	select {
 	case err := <-done0:
 		if err == nil {
 			t.Fatal("rank 0 finished normally")
 		}
-		if d := time.Since(killed); d > 30*time.Second {
+		if d := time.Since(hit); d > 30*time.Second {
 			t.Errorf("rank 0 took %v", d)
 		}
 	case <-time.After(60 * time.Second):
-		t.Fatal("rank 0 still running 60 s after rank 1 was killed")
+		t.Fatalf("rank 0 still running 60 s after rank 1 got %v", sig)
 	}
-	if !strings.Contains(log0.String(), "rank 1 closed its connection") {
-		t.Errorf("rank 0's error does not name rank 1:\n%s", tail(log0.String(), 2000))
+	if !strings.Contains(log0.String(), want) {
+		t.Errorf("rank 0's error does not say %q:\n%s", want, tail(log0.String(), 2000))
 	}
 }
 
