@@ -17,6 +17,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <new>
 
 #include "cpu_ops.h"
 #include "simd.h"
@@ -119,21 +121,32 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
       }
     }
   } else {
+    // A transpose, 8 depths at a time so that the writes stay within 8
+    // packed rows (in L1) while each source row is read 8 elements at a
+    // go: column by column over all of kc it was 8% of a square GEMM.
+    int64_t kk0 = 0;
+    for (; kk0 + 8 <= kc; kk0 += 8) {
+      T *dk = d + kk0 * NR;
+      for (int c = 0; c < cols; c++) {
+        const T *src = j.b + (j0 + c) * j.ldb + pc + kk0;
+        for (int t = 0; t < 8; t++) dk[t * NR + c] = src[t];
+      }
+      for (int c = cols; c < NR; c++)
+        for (int t = 0; t < 8; t++) dk[t * NR + c] = (T)0;
+    }
     for (int c = 0; c < NR; c++) {
       const T *src = j.b + (j0 + c) * j.ldb + pc;
-      if (c < cols) {
-        for (int64_t kk = 0; kk < kc; kk++) d[kk * NR + c] = src[kk];
-      } else {
-        for (int64_t kk = 0; kk < kc; kk++) d[kk * NR + c] = (T)0;
-      }
+      for (int64_t kk = kk0; kk < kc; kk++) d[kk * NR + c] = c < cols ? src[kk] : (T)0;
     }
   }
 }
 
 // c[rows][cols] = alpha * ap bp + beta * c for one MR x NR micro-tile.
+// The MR values of A for depth kk are at ap + kk * lda: lda is MR for a
+// packed sliver and the row stride for transposed A read in place.
 template <typename T, typename S>
-PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T beta, T *c,
-                            int64_t ldc, int rows, int cols) {
+PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T alpha,
+                            T beta, T *c, int64_t ldc, int rows, int cols) {
   typedef typename S::V V;
   constexpr int L = S::L, NR = S::NR, MR = S::MR;
   V acc[MR][2];
@@ -148,7 +161,7 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, const T *bp, T alpha, T bet
       acc[i][0] += ai * b0;
       acc[i][1] += ai * b1;
     }
-    ap += MR;
+    ap += lda;
     bp += NR;
   }
   if (rows == MR && cols == NR) {
@@ -185,18 +198,27 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
   T *ap = j.apack + worker * kMC * kKC;
+  // Transposed A (weight gradients: the column matrix) already holds each
+  // sliver's MR values side by side in every row, so when the task has at
+  // most two B slivers, full A slivers are read in place: packing cost as
+  // much as the multiply there (576 x 64 x 3072 ran 9-15% faster), while with
+  // more B slivers the packed copy pays for itself (4608 x 512: 30% slower).
+  const int64_t full = j.ta && c1 - c0 <= 2 * NR ? mc / MR * MR : 0;
   for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
     const int64_t kc = std::min(kKC, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;
-    pack_a<T, S>(j, i0, mc, pc, kc, ap);
+    if (full < mc) pack_a<T, S>(j, i0 + full, mc - full, pc, kc, ap);
     const T *bblk = j.bpack + (pc - j.pc0) * j.ncp;
     for (int64_t jr = c0; jr < c1; jr += NR) {
       const T *bp = bblk + jr * kc;
       const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
-      for (int64_t ir = 0; ir < mc; ir += MR)
-        micro_kernel<T, S>(kc, ap + ir * kc, bp, j.alpha, beta,
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        const bool direct = ir < full;
+        const T *a = direct ? j.a + pc * j.lda + i0 + ir : ap + (ir - full) * kc;
+        micro_kernel<T, S>(kc, a, direct ? j.lda : MR, bp, j.alpha, beta,
                            j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
                            (int)std::min<int64_t>(MR, mc - ir), cols);
+      }
     }
   }
 }
@@ -265,7 +287,32 @@ PV_TARGET_AVX512 float fma_run_avx512(int64_t iters) {
 PV_TARGET_AVX2 float fma_run_avx2(int64_t iters) { return fma_chains<NarrowTile<float>>(iters); }
 float fma_run_portable(int64_t iters) { return fma_chains<NarrowTile<float>>(iters); }
 
+// The calling thread's scratch blocks, freed when the thread ends.
+struct ScratchSet {
+  void *ptr[kScratchSlots] = {};
+  int64_t bytes[kScratchSlots] = {};
+  ~ScratchSet() {
+    for (void *p : ptr) std::free(p);
+  }
+};
+
 }  // namespace
+
+void *scratch_bytes(ScratchSlot slot, int64_t bytes) {
+  thread_local ScratchSet set;
+  if (bytes > set.bytes[slot]) {
+    // Grow by at least a quarter so that slowly rising sizes do not
+    // reallocate every call; rounded to 64 bytes for aligned_alloc.
+    int64_t want = std::max(bytes, set.bytes[slot] + set.bytes[slot] / 4);
+    want = (want + 63) / 64 * 64;
+    std::free(set.ptr[slot]);
+    set.bytes[slot] = 0;
+    set.ptr[slot] = std::aligned_alloc(64, (size_t)want);
+    if (!set.ptr[slot]) throw std::bad_alloc();
+    set.bytes[slot] = want;
+  }
+  return set.ptr[slot];
+}
 
 template <typename T>
 void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
@@ -283,10 +330,10 @@ bool gemm_split_k(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, co
   if (workers < 2 || k < 4 * kKC || k < 4 * std::max(m, n)) return false;
   const int64_t parts = std::min(workers, k / kKC);
   const int64_t per = ceil_div(ceil_div(k, parts), kKC) * kKC;
-  CpuBuffer<T> partial(parts * m * n);
+  T *partial = scratch<T>(kScratchSplitK, parts * m * n);
   parallel_for(parts, [&](int64_t p, int) {
     const int64_t k0 = p * per, kn = std::min(per, k - k0);
-    T *dst = partial.get() + p * m * n;
+    T *dst = partial + p * m * n;
     if (kn <= 0) {
       std::fill(dst, dst + m * n, (T)0);
       return;
@@ -326,9 +373,10 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   const bool whole = k * n_up * (int64_t)sizeof(T) <= kWholeDepthBytes;
   const int64_t nc_blk = whole ? n_up : std::min(n_up, kNC);
   const int64_t depth = whole ? k : kKC;
-  CpuBuffer<T> bpack(std::min(k, depth) * nc_blk), apack(workers * kMC * kKC);
+  T *bpack = scratch<T>(kScratchPackB, std::min(k, depth) * nc_blk);
+  T *apack = scratch<T>(kScratchPackA, workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
-           0, 0, 0, 0, 0, bpack.get(), apack.get(), 1, 0};
+           0, 0, 0, 0, 0, bpack, apack, 1, 0};
   const int64_t mblocks = ceil_div(m, kMC);
   for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
     j.nc = std::min(nc_blk, n - j.jc);

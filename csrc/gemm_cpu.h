@@ -17,6 +17,29 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
           int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc);
 
+// Scratch memory for one use (slot) on the calling thread, grown as needed
+// and kept for the thread's life, so that the large temporaries of a
+// training step (im2col matrices, packed GEMM blocks) are not mapped and
+// faulted in afresh on every call (page faults were ~8% of a ResNet-18
+// step, these among them). The cost: each thread that ever ran a
+// convolution keeps its peak (tens of MiB at 224 px) until it exits.
+// Holds at least n elements of garbage; valid until the next call with the
+// same slot on the same thread. Nested users take different slots. Not
+// counted by pv_device_memory. Throws std::bad_alloc like CpuBuffer.
+enum ScratchSlot {
+  kScratchCol,
+  kScratchWeightGrad,
+  kScratchPackA,
+  kScratchPackB,
+  kScratchSplitK,
+  kScratchSlots
+};
+void *scratch_bytes(ScratchSlot slot, int64_t bytes);
+template <typename T>
+T *scratch(ScratchSlot slot, int64_t n) {
+  return static_cast<T *>(scratch_bytes(slot, n * (int64_t)sizeof(T)));
+}
+
 // The calling thread's float32 multiply-add throughput in GFLOP/s (an FMA
 // counts as 2), measured with register-resident chains on the widest unit
 // the kernels use (about 50 ms): pv_cpu_fma_peak sums it over threads.

@@ -519,7 +519,11 @@ pv_status loss_typed(const pv_loss_args &a) {
 
 }  // namespace
 
-const char *cpu_simd_name() { return cpu_has_avx2_fma() ? "avx2+fma" : "portable"; }
+// The widest vector path the CPU ops take (the GEMM uses AVX-512 where
+// present; the loss and the elementwise ops stop at AVX2).
+const char *cpu_simd_name() {
+  return cpu_has_avx512() ? "avx512" : cpu_has_avx2_fma() ? "avx2+fma" : "portable";
+}
 
 pv_status cpu_loss(void *, const pv_loss_args *args) {
   // float64 in, float64 compute: the reference for gradient checks.

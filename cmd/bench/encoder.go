@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -63,8 +64,8 @@ type encoderPeer struct {
 func runEncoder(args []string) error {
 	fs := flag.NewFlagSet("encoder", flag.ContinueOnError)
 	threads := fs.Int("threads", 0, "CPU threads for both sides (0 = all)")
-	iters := fs.Int("iters", 3, "timed iterations per encoder")
-	warmup := fs.Int("warmup", 1, "untimed iterations first")
+	iters := fs.Int("iters", 9, "timed iterations per encoder (the median is reported)")
+	warmup := fs.Int("warmup", 2, "untimed iterations first (PyTorch varied more after one)")
 	only := fs.String("models", "", "comma-separated subset of convnet28,convnet32,resnet18,"+
 		"resnet50 (none: GEMM only)")
 	sizes := fs.String("gemm", "512,1024,2048", "square GEMM sizes (empty skips)")
@@ -152,8 +153,10 @@ func runEncoder(args []string) error {
 	return nil
 }
 
-// timeEncoder returns the mean seconds of one forward+backward of the
-// encoder (training mode) on a batch, from a fixed output gradient.
+// timeEncoder returns the median seconds of one forward+backward of the
+// encoder (training mode) on a batch, from a fixed output gradient. The
+// median rather than the mean: on a shared machine one iteration slowed
+// by another process otherwise moves the result by 10-20%.
 func timeEncoder(dev *bindings.Device, s encoderSpec, warmup, iters int) (float64, error) {
 	m, err := model.New(dev, model.Config{Arch: s.Name, Stem: s.Stem, InChannels: s.Channels,
 		Width: s.Width, Seed: 1})
@@ -171,7 +174,7 @@ func timeEncoder(dev *bindings.Device, s encoderSpec, warmup, iters int) (float6
 		return 0, err
 	}
 	defer g.Close()
-	var total time.Duration
+	var times []float64
 	for i := 0; i < warmup+iters; i++ {
 		t0 := time.Now()
 		if _, err := m.Forward(x); err != nil {
@@ -181,10 +184,11 @@ func timeEncoder(dev *bindings.Device, s encoderSpec, warmup, iters int) (float6
 			return 0, err
 		}
 		if i >= warmup {
-			total += time.Since(t0)
+			times = append(times, time.Since(t0).Seconds())
 		}
 	}
-	return total.Seconds() / float64(iters), nil
+	sort.Float64s(times)
+	return times[len(times)/2], nil
 }
 
 // timeGEMM is the best GFLOP/s over five rounds of n x n x n products

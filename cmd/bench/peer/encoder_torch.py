@@ -1,9 +1,10 @@
 """PyTorch peer of `bench encoder`: the same encoders, shapes and thread
 count, timed the same way (forward + backward of the encoder from a fixed
-output gradient, training mode, channels-last). Reads one JSON object of
-arguments from argv[1] and prints one JSON object of results on stdout.
+output gradient, training mode, channels-last, the median iteration).
+Reads one JSON object of arguments from argv[1] and prints one JSON
+object of results on stdout.
 
-  {"threads": 2, "warmup": 1, "iters": 3,
+  {"threads": 2, "warmup": 2, "iters": 9,
    "models": [{"name": "resnet18", "stem": "cifar", "size": 32, "channels": 3,
                "batch": 32, "width": 32}, ...],
    "gemm": [512, 1024]}
@@ -59,7 +60,8 @@ def bench_model(spec, warmup, iters):
         model(x).backward(g)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"views_per_s": b / (sum(times) / len(times)), "seconds": sum(times) / len(times)}
+    median = sorted(times)[len(times) // 2]  # as the Go side picks it
+    return {"views_per_s": b / median, "seconds": median}
 
 
 def bench_gemm(n, rounds=5):
