@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -245,20 +243,11 @@ func runEncoderPeer(python string, specs []encoderSpec, gemm []int, threads, war
 	iters int) (*encoderPeer, error) {
 	arg, _ := json.Marshal(map[string]any{"threads": threads, "warmup": warmup,
 		"iters": iters, "models": specs, "gemm": gemm})
-	script := filepath.Join(sourceDir(), "peer", "encoder_torch.py")
-	cmd := exec.Command(python, script, string(arg))
-	cmd.Env = append(os.Environ(), fmt.Sprintf("OMP_NUM_THREADS=%d", threads))
-	b, err := cmd.Output()
-	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
-			lines := strings.Split(strings.TrimSpace(string(ee.Stderr)), "\n")
-			return nil, fmt.Errorf("%s", lines[len(lines)-1])
-		}
-		return nil, err
-	}
 	var p encoderPeer
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("bad peer output: %w", err)
+	err := runPeer(python, "encoder_torch.py", []string{string(arg)},
+		[]string{fmt.Sprintf("OMP_NUM_THREADS=%d", threads)}, &p)
+	if err != nil {
+		return nil, err
 	}
 	if len(p.Models) != len(specs) || len(p.Gemm) != len(gemm) {
 		return nil, fmt.Errorf("peer returned %d models and %d GEMMs, want %d and %d",

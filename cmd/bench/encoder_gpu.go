@@ -5,8 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -186,18 +184,9 @@ func runEncoderGPUPeer(python string, specs []encoderSpec, bf16 bool, warmup,
 	iters int) (*gpuEncoderPeer, error) {
 	arg, _ := json.Marshal(map[string]any{"warmup": warmup, "iters": iters, "bf16": bf16,
 		"models": specs})
-	script := filepath.Join(sourceDir(), "peer", "encoder_torch_gpu.py")
-	b, err := exec.Command(python, script, string(arg)).Output()
-	if err != nil {
-		if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
-			lines := strings.Split(strings.TrimSpace(string(ee.Stderr)), "\n")
-			return nil, fmt.Errorf("%s", lines[len(lines)-1])
-		}
-		return nil, err
-	}
 	var p gpuEncoderPeer
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("bad peer output: %w", err)
+	if err := runPeer(python, "encoder_torch_gpu.py", []string{string(arg)}, nil, &p); err != nil {
+		return nil, err
 	}
 	if len(p.Models) != len(specs) {
 		return nil, fmt.Errorf("peer returned %d models, want %d", len(p.Models), len(specs))

@@ -228,28 +228,40 @@ func measureLoss(dev *bindings.Device, obj bindings.Objective, dtype bindings.DT
 
 func runLossPeer(python string, obj bindings.Objective, n, m, d int, tau float64, threads, reps int,
 	device string, dtype bindings.DType) peerResult {
-	script := filepath.Join(sourceDir(), "peer", "loss_torch.py")
-	cmd := exec.Command(python, script, "--objective", obj.String(), "--n", strconv.Itoa(n),
-		"--m", strconv.Itoa(m), "--d", strconv.Itoa(d), "--tau", fmt.Sprint(tau),
-		"--threads", strconv.Itoa(threads), "--reps", strconv.Itoa(reps), "--device", device,
-		"--dtype", dtype.String())
-	b, err := cmd.Output()
+	var p peerResult
+	err := runPeer(python, "loss_torch.py", []string{"--objective", obj.String(),
+		"--n", strconv.Itoa(n), "--m", strconv.Itoa(m), "--d", strconv.Itoa(d),
+		"--tau", fmt.Sprint(tau), "--threads", strconv.Itoa(threads), "--reps", strconv.Itoa(reps),
+		"--device", device, "--dtype", dtype.String()}, nil, &p)
 	if err != nil {
 		msg := err.Error()
-		if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
-			lines := strings.Split(strings.TrimSpace(string(ee.Stderr)), "\n")
-			msg = lines[len(lines)-1]
-		}
 		if strings.Contains(strings.ToLower(msg), "memory") || strings.Contains(msg, "signal: killed") {
 			msg = "out of memory"
 		}
 		return peerResult{Error: msg}
 	}
-	var p peerResult
-	if err := json.Unmarshal(b, &p); err != nil {
-		return peerResult{Error: "bad peer output: " + err.Error()}
-	}
 	return p
+}
+
+// runPeer runs the PyTorch script peer/<script> with python, args and
+// extra environment variables, and decodes the one JSON object it prints
+// into out. A failure reads as the script's last line on stderr.
+func runPeer(python, script string, args, env []string, out any) error {
+	cmd := exec.Command(python, append([]string{filepath.Join(sourceDir(), "peer", script)},
+		args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	b, err := cmd.Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
+			lines := strings.Split(strings.TrimSpace(string(ee.Stderr)), "\n")
+			return fmt.Errorf("%s", lines[len(lines)-1])
+		}
+		return err
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("bad peer output: %w", err)
+	}
+	return nil
 }
 
 // defaultPython is $POLYVIEW_TORCH_PYTHON, else python3.
