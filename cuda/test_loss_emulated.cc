@@ -18,25 +18,13 @@
 #include "polyview.h"
 
 #include "emulate_services.h"  // host(), fail, ctx_alloc, ... over host memory
+#include "emulate_inputs.h"    // Rng
 
 // ---- inputs -------------------------------------------------------------------
 
 namespace {
 
-struct Rng {
-  uint64_t s;
-  uint64_t next() {  // splitmix64
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (double)(next() >> 11) / 9007199254740992.0; }
-  double normal() {
-    double u = uniform() + 1e-300, v = uniform();
-    return std::sqrt(-2 * std::log(u)) * std::cos(6.283185307179586 * v);
-  }
-};
+using emutest::Rng;
 
 float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
 

@@ -36,42 +36,22 @@
 #include "polyview.h"
 
 #include "emulate_services.h"  // host(), fail, ctx_alloc, ... over host memory
+#include "emulate_inputs.h"    // Rng, gaussian, round_bf16
 
 // ---- inputs, the CPU side, reporting ------------------------------------------------
 
 namespace {
 
 using pvcuda::nn::bf16;
-typedef std::vector<float> Vec;
-typedef std::vector<int64_t> Shape;
+using emutest::count;
+using emutest::gaussian;
+using emutest::Rng;
+using emutest::round_bf16;
+using emutest::Shape;
+using emutest::Vec;
 
-struct Rng {
-  uint64_t s;
-  uint64_t next() {  // splitmix64
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (double)(next() >> 11) / 9007199254740992.0; }
-  float normal() {
-    double u = uniform() + 1e-300, v = uniform();
-    return (float)(std::sqrt(-2 * std::log(u)) * std::cos(6.283185307179586 * v));
-  }
-};
 
-int64_t count(const Shape &s) {
-  int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
-}
 
-Vec gaussian(int64_t n, uint64_t seed, float scale = 1.f, float shift = 0.f) {
-  Rng r{seed};
-  Vec v((size_t)n);
-  for (float &x : v) x = shift + scale * r.normal();
-  return v;
-}
 
 // Small integers: many ties, for the pooling tie rule; some exact zeros.
 Vec ties(int64_t n, uint64_t seed) {
@@ -81,11 +61,6 @@ Vec ties(int64_t n, uint64_t seed) {
   return v;
 }
 
-Vec round_bf16(const Vec &v) {
-  Vec out(v.size());
-  for (size_t i = 0; i < v.size(); i++) out[i] = __bfloat162float(__float2bfloat16_rn(v[i]));
-  return out;
-}
 
 std::vector<bf16> to_bf16(const Vec &v) {
   std::vector<bf16> out(v.size());
