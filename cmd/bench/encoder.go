@@ -34,7 +34,8 @@ type encoderSpec struct {
 // encoderRow is one encoder's result.
 type encoderRow struct {
 	encoderSpec
-	Threads      int     `json:"threads"`
+	Threads      int     `json:"threads,omitempty"`   // CPU
+	Precision    string  `json:"precision,omitempty"` // GPU: bf16 or fp32 activations
 	Seconds      float64 `json:"seconds"`
 	ViewsPerSec  float64 `json:"views_per_s"`
 	PeerViewsSec float64 `json:"peer_views_per_s,omitempty"`
@@ -260,19 +261,9 @@ func printEncoder(device, peer string, peak float64, threads int, rows []encoder
 	gemms []gemmRow) {
 	fmt.Printf("device %s, %d threads, FMA peak %.1f GFLOP/s (all threads busy); %s\n\n",
 		device, threads, peak, peer)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "encoder\tpx\tbatch\tpolyview views/s\ttorch views/s\tratio\t")
-	for _, r := range rows {
-		name := r.Name
-		if r.Stem != "" {
-			name += "/" + r.Stem
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\t%s\t\n", name, r.Size, r.Batch, r.ViewsPerSec,
-			orDash(r.PeerViewsSec, "%.1f"), orDash(r.Ratio, "%.2f"))
-	}
-	tw.Flush()
+	printEncoderRows(rows, "%.1f")
 	fmt.Println()
-	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "gemm n\tpolyview GFLOP/s\tof peak\ttorch GFLOP/s\t")
 	for _, g := range gemms {
 		fmt.Fprintf(tw, "%d\t%.1f\t%.0f%%\t%s\t\n", g.N, g.GFLOPs, 100*g.PeakFrac,
@@ -286,4 +277,20 @@ func orDash(v float64, format string) string {
 		return "-"
 	}
 	return fmt.Sprintf(format, v)
+}
+
+// printEncoderRows prints the views/s table of encoders, the rates in
+// format.
+func printEncoderRows(rows []encoderRow, format string) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "encoder\tpx\tbatch\tpolyview views/s\ttorch views/s\tratio\t")
+	for _, r := range rows {
+		name := r.Name
+		if r.Stem != "" {
+			name += "/" + r.Stem
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t"+format+"\t%s\t%s\t\n", name, r.Size, r.Batch,
+			r.ViewsPerSec, orDash(r.PeerViewsSec, format), orDash(r.Ratio, "%.2f"))
+	}
+	tw.Flush()
 }

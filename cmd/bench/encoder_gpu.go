@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/polyview/polyview/bindings"
@@ -16,16 +15,6 @@ import (
 func init() {
 	subcommands["encoder-gpu"] = subcommand{run: runEncoderGPU,
 		help: "encoder forward+backward views/s on a GPU (bf16 activations) vs PyTorch autocast"}
-}
-
-// gpuEncoderRow is one encoder's result on the GPU.
-type gpuEncoderRow struct {
-	encoderSpec
-	Precision    string  `json:"precision"`
-	Seconds      float64 `json:"seconds"`
-	ViewsPerSec  float64 `json:"views_per_s"`
-	PeerViewsSec float64 `json:"peer_views_per_s,omitempty"`
-	Ratio        float64 `json:"ratio,omitempty"`
 }
 
 // runEncoderGPU times the encoders of `bench encoder` at GPU batch sizes:
@@ -64,13 +53,13 @@ func runEncoderGPU(args []string) error {
 			run = append(run, specs[k])
 		}
 	}
-	rows := make([]gpuEncoderRow, len(run))
+	rows := make([]encoderRow, len(run))
 	for i, s := range run {
 		sec, err := timeEncoderGPU(dev, s, *precision == "bf16", *warmup, *iters)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.Name, err)
 		}
-		rows[i] = gpuEncoderRow{encoderSpec: s, Precision: *precision, Seconds: sec,
+		rows[i] = encoderRow{encoderSpec: s, Precision: *precision, Seconds: sec,
 			ViewsPerSec: float64(s.Batch) / sec}
 	}
 	peer := "no peer"
@@ -88,17 +77,7 @@ func runEncoderGPU(args []string) error {
 	}
 	fmt.Printf("device %s, %s; peer: %s (channels-last, autocast %s)\n\n", dev.Name(),
 		*precision, peer, *precision)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "encoder\tpx\tbatch\tpolyview views/s\ttorch views/s\tratio\t")
-	for _, r := range rows {
-		name := r.Name
-		if r.Stem != "" {
-			name += "/" + r.Stem
-		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%s\t%s\t\n", name, r.Size, r.Batch, r.ViewsPerSec,
-			orDash(r.PeerViewsSec, "%.0f"), orDash(r.Ratio, "%.2f"))
-	}
-	tw.Flush()
+	printEncoderRows(rows, "%.0f")
 	if *jsonPath != "" {
 		b, _ := json.MarshalIndent(map[string]any{"device": dev.Name(), "peer": peer,
 			"rows": rows, "date": time.Now().UTC().Format(time.RFC3339)}, "", "  ")
