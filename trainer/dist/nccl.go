@@ -90,8 +90,8 @@ func (g *NCCLGroup) watch() {
 			h, p, err := readFrame(c)
 			g.mu.Lock()
 			defer g.mu.Unlock()
-			if g.closing || (err == nil && h.kind == frameBye) {
-				return
+			if g.closing || g.abortBy != nil || (err == nil && h.kind == frameBye) {
+				return // a clean exit, or the news is already known (keep its cause)
 			}
 			if err == nil && h.kind == frameError {
 				g.abortBy = fmt.Errorf("rank %d reports: %s", who, p)
