@@ -125,7 +125,7 @@ func TestLostRankStopsTheOthers(t *testing.T) {
 		want    string
 	}{
 		{syscall.SIGKILL, "5m", "rank 1 closed its connection"},
-		{syscall.SIGSTOP, "3s", "rank 1 did not complete"},
+		{syscall.SIGSTOP, "8s", "rank 1 did not complete"}, // margin for a loaded CI machine
 	} {
 		t.Run(tc.sig.String(), func(t *testing.T) {
 			lostRank(t, tc.sig, tc.timeout, tc.want)
