@@ -89,6 +89,31 @@ struct Scratch {
 
 inline int64_t align256(int64_t bytes) { return (bytes + 255) / 256 * 256; }
 
+constexpr int kBnChannels = 32;      // BN sums: channels per block, one per lane
+constexpr int kBnLanes = kThreads / kBnChannels;  // rows walked at once per block
+
+// Per-channel sums over [rows, c] (batch norm's statistics and gradient
+// sums, fused and synchronised): a block owns kBnChannels channels, one
+// per lane, and a chunk of rows. The grid: about 1024 blocks when the
+// matrix is large, chunks of at least 64 rows.
+struct SumGrid {
+  unsigned ctiles, chunks;
+  int64_t chunk_rows;
+};
+
+inline SumGrid sum_grid(int64_t rows, int64_t c) {
+  SumGrid g;
+  g.ctiles = (unsigned)((c + kBnChannels - 1) / kBnChannels);
+  int64_t want = (rows + 63) / 64;
+  const int64_t cap = (1024 + g.ctiles - 1) / g.ctiles;
+  if (want > cap) want = cap;
+  if (want > 65535) want = 65535;
+  if (want < 1) want = 1;
+  g.chunk_rows = rows > 0 ? (rows + want - 1) / want : 1;
+  g.chunks = (unsigned)(rows > 0 ? (rows + g.chunk_rows - 1) / g.chunk_rows : 1);
+  return g;
+}
+
 }  // namespace nn
 }  // namespace pvcuda
 

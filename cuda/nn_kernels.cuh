@@ -24,10 +24,7 @@
 namespace pvcuda {
 namespace nn {
 
-constexpr int kBnChannels = 32;      // BN sums: channels per block, one per lane
-constexpr int kBnLanes = kThreads / kBnChannels;  // rows walked at once per block
-constexpr int kLarsBlocks = 512;     // LARS norm partials, at most
-
+constexpr int kLarsBlocks = 512;  // LARS norm partials, at most
 
 // ---- elementwise -----------------------------------------------------------------
 //
@@ -225,25 +222,6 @@ __global__ void channel_sums_kernel(int mode, const T *x, const T *dy, const dou
   }
 }
 
-// The grid of channel_sums_kernel for [rows, c]: about 1024 blocks when
-// the matrix is large, chunks of at least 64 rows.
-struct SumGrid {
-  unsigned ctiles, chunks;
-  int64_t chunk_rows;
-};
-
-inline SumGrid sum_grid(int64_t rows, int64_t c) {
-  SumGrid g;
-  g.ctiles = (unsigned)((c + kBnChannels - 1) / kBnChannels);
-  int64_t want = (rows + 63) / 64;
-  const int64_t cap = (1024 + g.ctiles - 1) / g.ctiles;
-  if (want > cap) want = cap;
-  if (want > 65535) want = 65535;
-  if (want < 1) want = 1;
-  g.chunk_rows = rows > 0 ? (rows + want - 1) / want : 1;
-  g.chunks = (unsigned)(rows > 0 ? (rows + g.chunk_rows - 1) / g.chunk_rows : 1);
-  return g;
-}
 
 // Sum k of channel ch over the chunks, in chunk order.
 __device__ __forceinline__ double merged(const double *partial, int64_t chunks, int nsums,

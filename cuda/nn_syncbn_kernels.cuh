@@ -31,9 +31,8 @@ namespace pvcuda {
 namespace nn {
 namespace syncbn {
 
-constexpr int kChannels = 32;                   // sums: channels per block
-constexpr int kLanes = kThreads / kChannels;    // sums: rows walked at once
-constexpr int64_t kTargetBlocks = 1024;         // sums: enough to fill a GPU
+constexpr int kChannels = kBnChannels;  // sums: channels per block (sum_grid's layout)
+constexpr int kLanes = kBnLanes;        // sums: rows walked at once
 
 #define PV_SYNCBN_TRY(expr)             \
   do {                                  \
@@ -111,25 +110,6 @@ __global__ void syncbn_merge_kernel(const double *partial, int64_t chunks, int64
   }
 }
 
-// The grid of syncbn_sums_kernel for [rows, c]: about kTargetBlocks
-// blocks when the matrix is large, chunks of at least 64 rows.
-struct SumGrid {
-  unsigned ctiles, chunks;
-  int64_t chunk_rows;
-};
-
-inline SumGrid sum_grid(int64_t rows, int64_t c) {
-  SumGrid g;
-  g.ctiles = (unsigned)((c + kChannels - 1) / kChannels);
-  int64_t want = (rows + 63) / 64;
-  const int64_t cap = (kTargetBlocks + g.ctiles - 1) / g.ctiles;
-  if (want > cap) want = cap;
-  if (want > 65535) want = 65535;
-  if (want < 1) want = 1;
-  g.chunk_rows = rows > 0 ? (rows + want - 1) / want : 1;
-  g.chunks = (unsigned)(rows > 0 ? (rows + g.chunk_rows - 1) / g.chunk_rows : 1);
-  return g;
-}
 
 // ---- per-channel coefficients ----------------------------------------------------
 
