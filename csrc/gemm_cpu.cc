@@ -35,16 +35,27 @@ constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits th
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A micro-tile: MR rows by two vectors of Bytes. kMC is a multiple of MR.
-template <typename T, int Bytes, int Rows>
+// RowsInPlace: the micro-kernel reads full slivers of a row-major A (the
+// column matrix, an output gradient) straight from their MR rows instead
+// of a packed copy. On the AVX2 machine (Zen 3) that was faster for every
+// convolution shape measured, most where B is narrow, since each packed A
+// element then feeds few FMAs: 93 to 131 GFLOP/s for 12544 x 64 x 288,
+// 105 to 132 for 512 x 512 x 4608, 144 to 162 for a square 512. The
+// AVX-512 tile keeps packing, as measured on its machine before.
+// TransInPlace: the most B slivers a task may have for full slivers of a
+// transposed A to be read in place too (see block_task).
+template <typename T, int Bytes, int Rows, bool RowsInPlace, int TransInPlace>
 struct Tile {
   typedef T V __attribute__((vector_size(Bytes)));
   static constexpr int L = Bytes / (int)sizeof(T), MR = Rows, NR = 2 * L;
+  static constexpr bool kRowsInPlace = RowsInPlace;
+  static constexpr int kTransInPlace = TransInPlace;
   static_assert(kMC % MR == 0, "A blocks hold whole slivers");
 };
 template <typename T>
-using NarrowTile = Tile<T, 32, 6>;  // AVX2 and portable
+using NarrowTile = Tile<T, 32, 6, true, 8>;  // AVX2 and portable
 template <typename T>
-using WideTile = Tile<T, 64, 8>;  // AVX-512
+using WideTile = Tile<T, 64, 8, false, 2>;  // AVX-512
 
 // One call's operands plus the current column block jc and its packed B.
 template <typename T>
@@ -88,10 +99,20 @@ PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64
         for (int64_t kk = 0; kk < kc; kk++) d[kk * MR + r] = r < rows ? src[kk] : (T)0;
       }
     } else if (rows == MR) {
-      for (int64_t kk = 0; kk < kc; kk++) {
-        const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
-        for (int r = 0; r < MR; r++) d[kk * MR + r] = src[r];
-      }
+      // One vector load and store per depth where a vector covers MR
+      // (float on the narrow tile; this copy was ~15% of the weight
+      // gradients' time value by value). The store runs past this depth's
+      // MR values into the next depth's, written next, and the load past
+      // this row's MR into the next row of A, which exists since the
+      // sliver's last depth goes value by value.
+      typedef typename S::V V;
+      constexpr int L = S::L;
+      const T *src = j.a + pc * j.lda + i0 + ir;
+      int64_t kk = 0;
+      if (L >= MR)
+        for (; kk + 1 < kc; kk++) vstore(d + kk * MR, vload<V>(src + kk * j.lda));
+      for (; kk < kc; kk++)
+        for (int r = 0; r < MR; r++) d[kk * MR + r] = src[kk * j.lda + r];
     } else {
       for (int64_t kk = 0; kk < kc; kk++) {
         const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
@@ -143,8 +164,9 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
 
 // c[rows][cols] = alpha * ap bp + beta * c for one MR x NR micro-tile.
 // The MR values of A for depth kk are at ap + kk * lda: lda is MR for a
-// packed sliver and the row stride for transposed A read in place.
-template <typename T, typename S>
+// packed sliver and the row stride for transposed A read in place. With
+// Rows, A is row-major in place: value i of depth kk at ap[i * lda + kk].
+template <typename T, typename S, bool Rows = false>
 PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T alpha,
                             T beta, T *c, int64_t ldc, int rows, int cols) {
   typedef typename S::V V;
@@ -157,11 +179,11 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T
   for (int64_t kk = 0; kk < kc; kk++) {
     const V b0 = vload<V>(bp), b1 = vload<V>(bp + L);
     for (int i = 0; i < MR; i++) {
-      const T ai = ap[i];
+      const T ai = Rows ? ap[i * lda] : ap[i];
       acc[i][0] += ai * b0;
       acc[i][1] += ai * b1;
     }
-    ap += lda;
+    ap += Rows ? 1 : lda;
     bp += NR;
   }
   if (rows == MR && cols == NR) {
@@ -184,6 +206,43 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T
     }
 }
 
+// block_task for a row-major A read in place (Tile::kRowsInPlace). For
+// each group of kInPlaceCols columns, sliver by sliver of A: its MR x kc
+// values stay in L1 across the group's B slivers, and the group's packed
+// B (128 KiB at kc = 256) stays in L2 across the A slivers. Only a last
+// partial A sliver is packed, with zero rows.
+constexpr int64_t kInPlaceCols = 128;
+
+template <typename T, typename S>
+PV_INLINE void block_rows_in_place(const Job<T> &j, int64_t i0, int64_t mc, int64_t c0,
+                                   int64_t c1, T *ap) {
+  constexpr int NR = S::NR, MR = S::MR;
+  static_assert(kInPlaceCols % NR == 0, "column groups hold whole slivers");
+  for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
+    const int64_t kc = std::min(kKC, j.k - pc);
+    const T beta = pc == 0 ? j.beta : (T)1;
+    const T *bblk = j.bpack + (pc - j.pc0) * j.ncp;
+    const int64_t last = mc / MR * MR;  // start of the partial sliver, if any
+    if (last < mc) pack_a<T, S>(j, i0 + last, mc - last, pc, kc, ap);
+    for (int64_t g0 = c0; g0 < c1; g0 += kInPlaceCols) {
+      const int64_t g1 = std::min(c1, g0 + kInPlaceCols);
+      for (int64_t ir = 0; ir < mc; ir += MR) {
+        const int rows = (int)std::min<int64_t>(MR, mc - ir);
+        const T *a = j.a + (i0 + ir) * j.lda + pc;
+        for (int64_t jr = g0; jr < g1; jr += NR) {
+          const T *bp = bblk + jr * kc;
+          const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
+          T *cp = j.c + (i0 + ir) * j.ldc + j.jc + jr;
+          if (rows == MR)
+            micro_kernel<T, S, true>(kc, a, j.lda, bp, j.alpha, beta, cp, j.ldc, rows, cols);
+          else
+            micro_kernel<T, S>(kc, ap, MR, bp, j.alpha, beta, cp, j.ldc, rows, cols);
+        }
+      }
+    }
+  }
+}
+
 // One task: an A block times a column chunk over the pass's depth range.
 // When B packed for the whole depth is small (see gemm_impl) the range is
 // all of k, so the pool syncs once per column block rather than twice per
@@ -199,11 +258,18 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
   T *ap = j.apack + worker * kMC * kKC;
   // Transposed A (weight gradients: the column matrix) already holds each
-  // sliver's MR values side by side in every row, so when the task has at
-  // most two B slivers, full A slivers are read in place: packing cost as
-  // much as the multiply there (576 x 64 x 3072 ran 9-15% faster), while with
-  // more B slivers the packed copy pays for itself (4608 x 512: 30% slower).
-  const int64_t full = j.ta && c1 - c0 <= 2 * NR ? mc / MR * MR : 0;
+  // sliver's MR values side by side in every row, so when the task has few
+  // B slivers, full A slivers are read in place: packing cost as much as
+  // the multiply there, the copy waiting on A's rows from L3 (AVX-512 with
+  // 2 slivers: 576 x 64 x 3072 ran 9-15% faster; AVX2 with up to 8: the
+  // ResNet-18 weight gradients with 64 and 128 channels 9-12% faster), while
+  // with more B slivers the packed copy pays for itself (4608 x 512: 23-30%
+  // slower in place).
+  const int64_t full = j.ta && c1 - c0 <= S::kTransInPlace * NR ? mc / MR * MR : 0;
+  if (!j.ta && S::kRowsInPlace) {
+    block_rows_in_place<T, S>(j, i0, mc, c0, c1, ap);
+    return;
+  }
   for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
     const int64_t kc = std::min(kKC, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;
