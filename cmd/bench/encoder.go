@@ -65,6 +65,8 @@ func runEncoder(args []string) error {
 	threads := fs.Int("threads", 0, "CPU threads for both sides (0 = all)")
 	iters := fs.Int("iters", 9, "timed iterations per encoder (the median is reported)")
 	warmup := fs.Int("warmup", 2, "untimed iterations first (PyTorch varied more after one)")
+	rounds := fs.Int("rounds", 3, "rounds of polyview then the peer; medians are reported, "+
+		"and the ratio is the median of the rounds' ratios")
 	only := fs.String("models", "", "comma-separated subset of convnet28,convnet32,resnet18,"+
 		"resnet50 (none: GEMM only)")
 	sizes := fs.String("gemm", "512,1024,2048", "square GEMM sizes (empty skips)")
@@ -102,43 +104,80 @@ func runEncoder(args []string) error {
 	}
 	defer dev.Close()
 
-	rows := make([]encoderRow, len(run))
-	for i, s := range run {
-		secs, err := timeEncoder(dev, s, *warmup, *iters)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.Name, err)
-		}
-		rows[i] = encoderRow{encoderSpec: s, Threads: nthreads, Seconds: secs,
-			ViewsPerSec: float64(s.Batch) / secs}
-	}
-	peak, err := bindings.CPUFMAPeak()
-	if err != nil {
-		return err
-	}
-	gemms := make([]gemmRow, len(gemmSizes))
-	for i, n := range gemmSizes {
-		g, err := timeGEMM(dev, n)
-		if err != nil {
-			return fmt.Errorf("gemm %d: %w", n, err)
-		}
-		gemms[i] = gemmRow{N: n, GFLOPs: g, PeakFrac: g / peak}
+	if *rounds < 1 {
+		return fmt.Errorf("-rounds %d: want at least 1", *rounds)
 	}
 
+	// Rounds alternate the two sides, so that a shared machine's slow
+	// minutes (its speed here drifted by 20% from one minute to the next)
+	// fall on both rather than on whichever ran second.
+	rows := make([]encoderRow, len(run))
+	gemms := make([]gemmRow, len(gemmSizes))
+	secs := make([][]float64, len(run))
+	gflops, peerGflops := make([][]float64, len(gemmSizes)), make([][]float64, len(gemmSizes))
+	peerViews, ratios := make([][]float64, len(run)), make([][]float64, len(run))
 	peerNote := "no peer (-python empty)"
-	if *python != "" {
+	peaks := []float64{}
+	for round := 0; round < *rounds; round++ {
+		for i, s := range run {
+			t, err := timeEncoder(dev, s, *warmup, *iters)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.Name, err)
+			}
+			secs[i] = append(secs[i], t)
+		}
+		peak, err := bindings.CPUFMAPeak()
+		if err != nil {
+			return err
+		}
+		peaks = append(peaks, peak)
+		for i, n := range gemmSizes {
+			g, err := timeGEMM(dev, n)
+			if err != nil {
+				return fmt.Errorf("gemm %d: %w", n, err)
+			}
+			gflops[i] = append(gflops[i], g)
+		}
+		if *python == "" || strings.HasPrefix(peerNote, "peer failed") {
+			continue
+		}
 		p, err := runEncoderPeer(*python, run, gemmSizes, nthreads, *warmup, *iters)
 		if err != nil {
 			peerNote = "peer failed: " + err.Error()
-		} else {
-			peerNote = "PyTorch " + p.Torch
-			for i := range rows {
-				rows[i].PeerViewsSec = p.Models[i].ViewsPerSec
-				rows[i].Ratio = rows[i].ViewsPerSec / rows[i].PeerViewsSec
-			}
-			for i := range gemms {
-				gemms[i].PeerGFLOPs = p.Gemm[i].GFLOPs
-			}
+			continue
 		}
+		peerNote = "PyTorch " + p.Torch
+		for i, s := range run {
+			peerViews[i] = append(peerViews[i], p.Models[i].ViewsPerSec)
+			ratios[i] = append(ratios[i], float64(s.Batch)/secs[i][round]/p.Models[i].ViewsPerSec)
+		}
+		for i := range gemmSizes {
+			peerGflops[i] = append(peerGflops[i], p.Gemm[i].GFLOPs)
+		}
+	}
+	peak := median(peaks)
+	for i, s := range run {
+		t := median(secs[i])
+		rows[i] = encoderRow{encoderSpec: s, Threads: nthreads, Seconds: t,
+			ViewsPerSec: float64(s.Batch) / t}
+		if !strings.HasPrefix(peerNote, "peer failed") && len(ratios[i]) > 0 {
+			rows[i].PeerViewsSec, rows[i].Ratio = median(peerViews[i]), median(ratios[i])
+		}
+	}
+	for i, n := range gemmSizes {
+		// The GEMM against the peak measured in the same round, since the
+		// clock moves both.
+		fracs := make([]float64, len(gflops[i]))
+		for r, g := range gflops[i] {
+			fracs[r] = g / peaks[r]
+		}
+		gemms[i] = gemmRow{N: n, GFLOPs: median(gflops[i]), PeakFrac: median(fracs)}
+		if len(peerGflops[i]) > 0 && !strings.HasPrefix(peerNote, "peer failed") {
+			gemms[i].PeerGFLOPs = median(peerGflops[i])
+		}
+	}
+	if *rounds > 1 {
+		peerNote += fmt.Sprintf("; medians of %d alternating rounds", *rounds)
 	}
 	printEncoder(dev.Name(), peerNote, peak, nthreads, rows, gemms)
 	if *jsonPath != "" {
@@ -150,6 +189,19 @@ func runEncoder(args []string) error {
 		}
 	}
 	return nil
+}
+
+// median returns the median of v (the mean of the middle two when even).
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[len(s)/2]
 }
 
 // timeEncoder returns the median seconds of one forward+backward of the
