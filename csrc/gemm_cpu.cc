@@ -257,6 +257,10 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
   T *ap = j.apack + worker * kMC * kKC;
+  if (!j.ta && S::kRowsInPlace) {
+    block_rows_in_place<T, S>(j, i0, mc, c0, c1, ap);
+    return;
+  }
   // Transposed A (weight gradients: the column matrix) already holds each
   // sliver's MR values side by side in every row, so when the task has few
   // B slivers, full A slivers are read in place: packing cost as much as
@@ -266,10 +270,6 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   // with more B slivers the packed copy pays for itself (4608 x 512: 23-30%
   // slower in place).
   const int64_t full = j.ta && c1 - c0 <= S::kTransInPlace * NR ? mc / MR * MR : 0;
-  if (!j.ta && S::kRowsInPlace) {
-    block_rows_in_place<T, S>(j, i0, mc, c0, c1, ap);
-    return;
-  }
   for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
     const int64_t kc = std::min(kKC, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;

@@ -34,19 +34,6 @@ const char *base_name(const char *path) {
   return slash ? slash + 1 : path;
 }
 
-// Runs body and turns any C++ exception (a std::bad_alloc from the size
-// map, say) into a status, so none crosses the C ABI.
-template <typename F>
-pv_status guarded(const char *op, F body) {
-  try {
-    return body();
-  } catch (const std::bad_alloc &) {
-    return fail_at(PV_ERR_OUT_OF_MEMORY, __FILE__, __LINE__, "%s: out of host memory", op);
-  } catch (...) {
-    return fail_at(PV_ERR_INTERNAL, __FILE__, __LINE__, "%s: unexpected C++ exception", op);
-  }
-}
-
 Context *as_ctx(void *p) { return static_cast<Context *>(p); }
 
 // The CUDA runtime reports a missing driver as an "insufficient" one; say

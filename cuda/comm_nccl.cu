@@ -349,17 +349,6 @@ void comm_destroy(void *p) {
   release(c);
 }
 
-// Collectives lock mutexes, which may throw std::system_error: no
-// exception crosses the table.
-template <typename F>
-pv_status guarded(const char *op, F body) {
-  try {
-    return body();
-  } catch (...) {
-    return PV_FAIL(PV_ERR_INTERNAL, "%s: unexpected C++ exception", op);
-  }
-}
-
 }  // namespace
 }  // namespace pvcuda
 

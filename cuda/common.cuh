@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <unordered_map>
 
 #include "backend.h"
@@ -71,6 +72,35 @@ pv_status check_kernel_image(Context *ctx);
 }  // namespace pvcuda
 
 #define PV_FAIL(status, ...) ::pvcuda::fail_at((status), __FILE__, __LINE__, __VA_ARGS__)
+
+namespace pvcuda {
+
+// A dtype's name for messages, as the CPU backend spells it.
+inline const char *dtype_name(pv_dtype dt) {
+  switch (dt) {
+    case PV_F32: return "float32";
+    case PV_BF16: return "bfloat16";
+    case PV_F64: return "float64";
+    case PV_U8: return "uint8";
+    case PV_I32: return "int32";
+  }
+  return "unknown dtype";
+}
+
+// Runs body and turns any C++ exception into a status, so none crosses
+// the C ABI: every entry of the backend's table goes through it.
+template <typename F>
+pv_status guarded(const char *op, F body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc &) {
+    return PV_FAIL(PV_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
+  } catch (...) {
+    return PV_FAIL(PV_ERR_INTERNAL, "%s: unexpected C++ exception", op);
+  }
+}
+
+}  // namespace pvcuda
 
 // Checks a CUDA runtime call; on failure returns its status from the
 // enclosing function.

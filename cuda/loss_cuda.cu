@@ -603,17 +603,6 @@ const char *objective_name(pv_objective obj) {
   return obj >= 0 && obj < PV_OBJ_COUNT ? names[obj] : "unknown";
 }
 
-const char *dtype_name(pv_dtype dt) {
-  switch (dt) {
-    case PV_F32: return "float32";
-    case PV_BF16: return "bfloat16";
-    case PV_F64: return "float64";
-    case PV_U8: return "uint8";
-    case PV_I32: return "int32";
-  }
-  return "unknown dtype";
-}
-
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 unsigned grid_for(int64_t items, int per_block) {
   return (unsigned)((items + per_block - 1) / per_block);

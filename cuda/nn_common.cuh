@@ -46,28 +46,17 @@ inline unsigned blocks_for(int64_t items) {
   return (unsigned)(b < 1 ? 1 : b > kMaxBlocks ? kMaxBlocks : b);
 }
 
-inline const char *dtype_str(pv_dtype dt) {
-  switch (dt) {
-    case PV_F32: return "float32";
-    case PV_BF16: return "bfloat16";
-    case PV_F64: return "float64";
-    case PV_U8: return "uint8";
-    case PV_I32: return "int32";
-  }
-  return "unknown dtype";
-}
-
 // The CUDA backend's dtype rule (polyview.h): float32 or bfloat16
 // activations, float32 parameters.
 inline pv_status check_act(const char *op, pv_dtype act) {
   if (act == PV_F32 || act == PV_BF16) return PV_OK;
   return fail(PV_ERR_UNSUPPORTED, "%s: the CUDA backend takes float32 or bfloat16 "
-              "activations, got %s", op, dtype_str(act));
+              "activations, got %s", op, dtype_name(act));
 }
 inline pv_status check_param(const char *op, pv_dtype param) {
   if (param == PV_F32) return PV_OK;
   return fail(PV_ERR_UNSUPPORTED, "%s: the CUDA backend takes float32 parameters, got %s",
-              op, dtype_str(param));
+              op, dtype_name(param));
 }
 
 // Counted device scratch, freed (stream-ordered) on every way out.

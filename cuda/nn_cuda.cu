@@ -290,7 +290,7 @@ pv_status choose(NnState *s, ConvPass pass, const pv_conv2d_args *a, ConvDescs *
   if (idx < 0)
     return fail(PV_ERR_UNSUPPORTED, "conv2d %s: cuDNN offers no %s algorithm for x [%lld, "
                 "%lld, %lld, %lld], w [%lld, %lld, %lld, %lld], stride %lld, pad %lld (%d "
-                "candidates)", kPassNames[pass], dtype_str(a->act_dtype), (long long)a->n,
+                "candidates)", kPassNames[pass], dtype_name(a->act_dtype), (long long)a->n,
                 (long long)a->h, (long long)a->w, (long long)a->c, (long long)a->k,
                 (long long)a->r, (long long)a->s, (long long)a->c, (long long)a->stride,
                 (long long)a->pad, count);
@@ -312,7 +312,7 @@ pv_status choose(NnState *s, ConvPass pass, const pv_conv2d_args *a, ConvDescs *
       (!det || (f32 && c.math != CUDNN_FMA_MATH)) ? PV_LOG_WARN : PV_LOG_DEBUG;
   log_msg(level, "cuda: conv2d %s %s x [%lld, %lld, %lld, %lld] w [%lld, %lld, %lld, %lld] "
           "stride %lld pad %lld: cuDNN algorithm %d, math type %d%s%s, workspace %zu bytes",
-          kPassNames[pass], dtype_str(a->act_dtype), (long long)a->n, (long long)a->h,
+          kPassNames[pass], dtype_name(a->act_dtype), (long long)a->n, (long long)a->h,
           (long long)a->w, (long long)a->c, (long long)a->k, (long long)a->r, (long long)a->s,
           (long long)a->c, (long long)a->stride, (long long)a->pad, c.algo, (int)c.math,
           det ? "" : ", not deterministic",
@@ -538,19 +538,6 @@ pv_status linear_backward(Context *ctx, const pv_linear_args *a) {
 }
 
 // ---- the table -----------------------------------------------------------------------
-
-// Runs body and turns any C++ exception into a status, so none crosses
-// the C ABI.
-template <typename F>
-pv_status guarded(const char *op, F body) {
-  try {
-    return body();
-  } catch (const std::bad_alloc &) {
-    return PV_FAIL(PV_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
-  } catch (...) {
-    return PV_FAIL(PV_ERR_INTERNAL, "%s: unexpected C++ exception", op);
-  }
-}
 
 Context *as_ctx(void *p) { return static_cast<Context *>(p); }
 

@@ -720,7 +720,7 @@ inline pv_status optimizer_step(Context *ctx, const pv_optim_args *a) {
   const char *op = "optimizer_step";
   if (a->dtype != PV_F32)
     return fail(PV_ERR_UNSUPPORTED, "%s: the CUDA backend takes float32 parameters, got %s",
-                op, dtype_str(a->dtype));
+                op, dtype_name(a->dtype));
   if (a->numel == 0) return PV_OK;
   PV_CUDA(cudaSetDevice(ctx->device));
   const pv_optim_desc &d = a->desc;

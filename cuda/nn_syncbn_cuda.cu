@@ -18,19 +18,6 @@ namespace nn {
 namespace syncbn {
 namespace {
 
-// Runs body and turns any C++ exception into a status, so none crosses
-// the C ABI.
-template <typename F>
-pv_status guarded(const char *op, F body) {
-  try {
-    return body();
-  } catch (const std::bad_alloc &) {
-    return PV_FAIL(PV_ERR_OUT_OF_MEMORY, "%s: out of host memory", op);
-  } catch (...) {
-    return PV_FAIL(PV_ERR_INTERNAL, "%s: unexpected C++ exception", op);
-  }
-}
-
 #define PV_SYNCBN_ENTRY(name, impl)                                                     \
   pv_status name(void *ctx, const pv_syncbn_args *a) {                                  \
     return guarded(#impl, [&] { return impl(static_cast<Context *>(ctx), a); });        \
