@@ -412,10 +412,15 @@ func TestNNErrors(t *testing.T) {
 	}
 }
 
-// TestConvBackwardFloat32 checks the float32 weight and input gradients
-// against their definitions on a batch large enough (4 x 16 x 16 pixels)
-// for the weight gradient's GEMM to split its depth across threads.
-// Tolerance as in TestConvFloat32: sums of 1024 float32 products.
+// TestConvBackwardFloat32 checks both float32 gradients of convolution
+// against float64 sums over the same float32-rounded values, on cases
+// that reach each way the CPU builds the weight gradient: the transposed
+// column matrix (R S C >= K, at strides 1 and 2 and with a 7x7 stem-like
+// kernel), the untransposed one (R S C < K), a 1x1 stride-2 shortcut and
+// a batch whose column matrix takes several chunks (5 images of 32x32 x
+// 576: three images a chunk, the second chunk adding to the first).
+// Tolerance: float32 sums of up to 5120 products of values below 1 in
+// magnitude; their rounding error stays under 1e-4 of the largest entry.
 func TestConvBackwardFloat32(t *testing.T) {
 	dev := nnDevice(t)
 	if err := SetCPUThreads(2); err != nil {
@@ -423,56 +428,73 @@ func TestConvBackwardFloat32(t *testing.T) {
 	}
 	defer SetCPUThreads(0)
 	r := rand.New(rand.NewPCG(5, 6))
-	xs, ws := []int{4, 16, 16, 8}, []int{16, 3, 3, 8}
-	n, h, wd, c, k := 4, 16, 16, 8, 16
-	x, w, dy := randSlice(r, numel(xs)), randSlice(r, numel(ws)), randSlice(r, n*h*wd*k)
-	for _, v := range [][]float64{x, w, dy} {
-		for i := range v {
-			v[i] = float64(float32(v[i]))
+	for _, tc := range []struct {
+		xs, ws      []int
+		stride, pad int
+	}{
+		{[]int{4, 16, 16, 8}, []int{16, 3, 3, 8}, 1, 1},
+		{[]int{3, 9, 10, 5}, []int{7, 3, 3, 5}, 2, 1},
+		{[]int{2, 15, 13, 3}, []int{8, 7, 7, 3}, 2, 3},
+		{[]int{2, 6, 7, 4}, []int{40, 3, 3, 4}, 1, 1},
+		{[]int{2, 8, 9, 6}, []int{12, 1, 1, 6}, 2, 0},
+		{[]int{5, 32, 32, 64}, []int{64, 3, 3, 64}, 1, 1},
+	} {
+		n, h, wd, c := tc.xs[0], tc.xs[1], tc.xs[2], tc.xs[3]
+		k, rr, ss := tc.ws[0], tc.ws[1], tc.ws[2]
+		p, q := (h+2*tc.pad-rr)/tc.stride+1, (wd+2*tc.pad-ss)/tc.stride+1
+		x, w, dy := randSlice(r, numel(tc.xs)), randSlice(r, numel(tc.ws)), randSlice(r, n*p*q*k)
+		for _, v := range [][]float64{x, w, dy} {
+			for i := range v {
+				v[i] = float64(float32(v[i]))
+			}
 		}
-	}
-	wantDW, wantDX := make([]float64, len(w)), make([]float64, len(x))
-	for i := 0; i < n; i++ {
-		for oy := 0; oy < h; oy++ {
-			for ox := 0; ox < wd; ox++ {
-				for o := 0; o < k; o++ {
-					g := dy[((i*h+oy)*wd+ox)*k+o]
-					for ky := 0; ky < 3; ky++ {
-						for kx := 0; kx < 3; kx++ {
-							iy, ix := oy-1+ky, ox-1+kx
-							if iy < 0 || iy >= h || ix < 0 || ix >= wd {
-								continue
-							}
-							for ch := 0; ch < c; ch++ {
-								xi, wi := ((i*h+iy)*wd+ix)*c+ch, ((o*3+ky)*3+kx)*c+ch
-								wantDW[wi] += g * x[xi]
-								wantDX[xi] += g * w[wi]
+		wantDW, wantDX := make([]float64, len(w)), make([]float64, len(x))
+		for i := 0; i < n; i++ {
+			for oy := 0; oy < p; oy++ {
+				for ox := 0; ox < q; ox++ {
+					for o := 0; o < k; o++ {
+						g := dy[((i*p+oy)*q+ox)*k+o]
+						for ky := 0; ky < rr; ky++ {
+							for kx := 0; kx < ss; kx++ {
+								iy, ix := oy*tc.stride-tc.pad+ky, ox*tc.stride-tc.pad+kx
+								if iy < 0 || iy >= h || ix < 0 || ix >= wd {
+									continue
+								}
+								for ch := 0; ch < c; ch++ {
+									xi, wi := ((i*h+iy)*wd+ix)*c+ch, ((o*rr+ky)*ss+kx)*c+ch
+									wantDW[wi] += g * x[xi]
+									wantDX[xi] += g * w[wi]
+								}
 							}
 						}
 					}
 				}
 			}
 		}
-	}
-	xt, _ := dev.FromFloat32(toF32(x), xs...)
-	wt, _ := dev.FromFloat32(toF32(w), ws...)
-	dyt, _ := dev.FromFloat32(toF32(dy), n, h, wd, k)
-	dx, dw := mustNew(t, dev, Float32, xs...), mustNew(t, dev, Float32, ws...)
-	if err := (Conv2D{Stride: 1, Pad: 1}).Backward(xt, wt, dyt, dx, dw); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name      string
-		got, want []float64
-	}{{"dw", readF64(t, dw), wantDW}, {"dx", readF64(t, dx), wantDX}} {
-		scale := 0.0
-		for _, v := range tc.want {
-			scale = math.Max(scale, math.Abs(v))
+		xt, _ := dev.FromFloat32(toF32(x), tc.xs...)
+		wt, _ := dev.FromFloat32(toF32(w), tc.ws...)
+		dyt, _ := dev.FromFloat32(toF32(dy), n, p, q, k)
+		dx, dw := mustNew(t, dev, Float32, tc.xs...), mustNew(t, dev, Float32, tc.ws...)
+		if err := (Conv2D{Stride: tc.stride, Pad: tc.pad}).Backward(xt, wt, dyt, dx, dw); err != nil {
+			t.Fatal(err)
 		}
-		for i := range tc.want {
-			if math.Abs(tc.got[i]-tc.want[i]) > 1e-4*scale {
-				t.Fatalf("%s[%d] = %g, want %g", tc.name, i, tc.got[i], tc.want[i])
+		for _, g := range []struct {
+			name      string
+			got, want []float64
+		}{{"dw", readF64(t, dw), wantDW}, {"dx", readF64(t, dx), wantDX}} {
+			scale := 0.0
+			for _, v := range g.want {
+				scale = math.Max(scale, math.Abs(v))
 			}
+			for i := range g.want {
+				if math.Abs(g.got[i]-g.want[i]) > 1e-4*scale {
+					t.Fatalf("x %v, w %v, stride %d: %s[%d] = %g, want %g", tc.xs, tc.ws,
+						tc.stride, g.name, i, g.got[i], g.want[i])
+				}
+			}
+		}
+		for _, v := range []*Tensor{xt, wt, dyt, dx, dw} {
+			v.Close()
 		}
 	}
 }

@@ -27,7 +27,8 @@
 namespace pv {
 namespace {
 
-constexpr int64_t kKC = 256;   // depth of a packed block: B sliver 16-32 KiB (float)
+constexpr int64_t kKC = 256;   // most depth of a slice with packed A; split-k granularity
+constexpr int64_t kMaxDepth = 384;  // the deepest slice of any tile: A scratch size
 constexpr int64_t kMC = 120;   // rows of an A block: 120 KiB packed (float), in L2
 constexpr int64_t kNC = 3072;  // columns of a packed B block (per-slice passes)
 constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits the L3
@@ -44,18 +45,37 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // AVX-512 tile keeps packing, as measured on its machine before.
 // TransInPlace: the most B slivers a task may have for full slivers of a
 // transposed A to be read in place too (see block_task).
-template <typename T, int Bytes, int Rows, bool RowsInPlace, int TransInPlace>
+// RowsDepth: the most depth of a slice when A is read in place by rows.
+// There the A sliver (MR x depth) is what stays in L1 and the B column
+// group sits in L2, so the slice may be deeper than where a packed B
+// sliver (depth x NR) must fit L1 (kKC); C is then read and written once
+// per deeper slice. On the AVX-512 machine (Sapphire Rapids class, 48 KiB
+// L1, 2 MiB L2) 384 ran ResNet-18's forward GEMMs 5% faster than 256 and
+// square ones 2% faster, 512 was between them.
+template <typename T, int Bytes, int Rows, bool RowsInPlace, int TransInPlace, int RowsDepth>
 struct Tile {
   typedef T V __attribute__((vector_size(Bytes)));
   static constexpr int L = Bytes / (int)sizeof(T), MR = Rows, NR = 2 * L;
   static constexpr bool kRowsInPlace = RowsInPlace;
   static constexpr int kTransInPlace = TransInPlace;
+  static constexpr int64_t kRowsDepth = RowsDepth;
   static_assert(kMC % MR == 0, "A blocks hold whole slivers");
+  static_assert(RowsDepth >= kKC && RowsDepth <= kMaxDepth, "slice depth out of range");
 };
 template <typename T>
-using NarrowTile = Tile<T, 32, 6, true, 8>;  // AVX2 and portable
+using NarrowTile = Tile<T, 32, 6, true, 8, 256>;  // AVX2 and portable
 template <typename T>
-using WideTile = Tile<T, 64, 8, false, 2>;  // AVX-512
+using WideTile = Tile<T, 64, 8, true, 2, 384>;  // AVX-512
+
+// The depth of each slice for a product of depth k whose slices may be at
+// most most deep: k split into equal slices, rounded up to 8, rather than
+// full ones and a shallow remainder (576 as 288 + 288, not 256 + 256 + 64,
+// whose last pass reads and writes C for a quarter of the work). It
+// depends on k alone, so results do not depend on the thread count.
+int64_t slice_depth(int64_t k, int64_t most) {
+  const int64_t slices = (k + most - 1) / most;
+  return std::min(most, ((k + slices - 1) / slices + 7) / 8 * 8);
+}
 
 // One call's operands plus the current column block jc and its packed B.
 template <typename T>
@@ -69,54 +89,64 @@ struct Job {
   T *c;
   int64_t ldc;
   int64_t jc, nc;
-  int64_t pc0, pc1;   // depth range of this pass, a whole number of KC slices
+  int64_t kcs;        // depth of a slice (slice_depth); the last may be shallower
+  int64_t pc0, pc1;   // depth range of this pass, a whole number of slices
   int64_t ncp;        // nc rounded up to NR: packed row length of B
   const T *bpack;     // slice pc at bpack + (pc - pc0) * ncp: [slivers][kc][NR]
-  T *apack;           // [workers][kMC * kKC]
+  T *apack;           // [workers][kMC * kMaxDepth]
   int64_t col_tasks;  // column chunks per A block
   int64_t col_chunk;  // columns per chunk, a multiple of NR
 };
 
+// How many depths ahead a transposed A is prefetched, read in place or
+// packed. Its rows are lda apart, farther than the hardware's stride prefetcher
+// follows, so each depth's line came from L3 on demand (about 300 cycles,
+// some 35 depths of multiply-adds).
+constexpr int64_t kStridedAhead = 32;
+
 // Packs op(A)[i0 : i0 + mc][pc : pc + kc] into MR-row slivers
 // dst[sliver][kk][MR], rows past the end zero. Full slivers take a
-// branch-free path (MR source rows read side by side) since packing A
-// is redone for every task and showed up at ~10% of a ResNet step.
+// branch-free path since packing A is redone for every task and showed
+// up at ~10% of a ResNet step.
 template <typename T, typename S>
 PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64_t kc,
                       T *dst) {
   constexpr int MR = S::MR;
+  if (j.ta) {
+    // Depth by depth across all full slivers: each depth's row of A^T is
+    // read as one run of mc values, a few cache lines in sequence, and
+    // prefetched kStridedAhead depths ahead. Sliver by sliver (MR values
+    // per row) the copy waited on L3 for every line, twice.
+    const int64_t full = mc / MR * MR, lda = j.lda;
+    const T *src = j.a + pc * lda + i0;
+    constexpr int64_t kLine = 64 / (int64_t)sizeof(T);
+    for (int64_t kk = 0; kk < kc; kk++, src += lda) {
+      for (int64_t x = 0; x < full; x += kLine) __builtin_prefetch(src + kStridedAhead * lda + x);
+      T *d = dst + kk * MR;
+      for (int64_t ir = 0; ir < full; ir += MR, d += MR * kc)
+        for (int r = 0; r < MR; r++) d[r] = src[ir + r];
+    }
+    if (full == mc) return;
+    T *d = dst + full * kc;
+    const int rows = (int)(mc - full);
+    for (int64_t kk = 0; kk < kc; kk++) {
+      const T *row = j.a + (pc + kk) * lda + i0 + full;
+      for (int r = 0; r < MR; r++) d[kk * MR + r] = r < rows ? row[r] : (T)0;
+    }
+    return;
+  }
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const int rows = (int)std::min<int64_t>(MR, mc - ir);
     T *d = dst + ir * kc;
-    if (!j.ta && rows == MR) {
+    if (rows == MR) {
       const T *s = j.a + (i0 + ir) * j.lda + pc;
       const int64_t ld = j.lda;
       for (int64_t kk = 0; kk < kc; kk++, d += MR)
         for (int r = 0; r < MR; r++) d[r] = s[r * ld + kk];
-    } else if (!j.ta) {
+    } else {
       for (int r = 0; r < MR; r++) {
         const T *src = j.a + (i0 + ir + r) * j.lda + pc;
         for (int64_t kk = 0; kk < kc; kk++) d[kk * MR + r] = r < rows ? src[kk] : (T)0;
-      }
-    } else if (rows == MR) {
-      // One vector load and store per depth where a vector covers MR
-      // (float on the narrow tile; this copy was ~15% of the weight
-      // gradients' time value by value). The store runs past this depth's
-      // MR values into the next depth's, written next, and the load past
-      // this row's MR into the next row of A, which exists since the
-      // sliver's last depth goes value by value.
-      typedef typename S::V V;
-      constexpr int L = S::L;
-      const T *src = j.a + pc * j.lda + i0 + ir;
-      int64_t kk = 0;
-      if (L >= MR)
-        for (; kk + 1 < kc; kk++) vstore(d + kk * MR, vload<V>(src + kk * j.lda));
-      for (; kk < kc; kk++)
-        for (int r = 0; r < MR; r++) d[kk * MR + r] = src[kk * j.lda + r];
-    } else {
-      for (int64_t kk = 0; kk < kc; kk++) {
-        const T *src = j.a + (pc + kk) * j.lda + i0 + ir;
-        for (int r = 0; r < MR; r++) d[kk * MR + r] = r < rows ? src[r] : (T)0;
       }
     }
   }
@@ -166,7 +196,7 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
 // The MR values of A for depth kk are at ap + kk * lda: lda is MR for a
 // packed sliver and the row stride for transposed A read in place. With
 // Rows, A is row-major in place: value i of depth kk at ap[i * lda + kk].
-template <typename T, typename S, bool Rows = false>
+template <typename T, typename S, bool Rows = false, bool Strided = false>
 PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T alpha,
                             T beta, T *c, int64_t ldc, int rows, int cols) {
   typedef typename S::V V;
@@ -177,6 +207,7 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T
   // 2 MR FMAs of an iteration for issue slots.
 #pragma GCC unroll 4
   for (int64_t kk = 0; kk < kc; kk++) {
+    if (Strided) __builtin_prefetch(ap + kStridedAhead * lda);
     const V b0 = vload<V>(bp), b1 = vload<V>(bp + L);
     for (int i = 0; i < MR; i++) {
       const T ai = Rows ? ap[i * lda] : ap[i];
@@ -218,8 +249,8 @@ PV_INLINE void block_rows_in_place(const Job<T> &j, int64_t i0, int64_t mc, int6
                                    int64_t c1, T *ap) {
   constexpr int NR = S::NR, MR = S::MR;
   static_assert(kInPlaceCols % NR == 0, "column groups hold whole slivers");
-  for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
-    const int64_t kc = std::min(kKC, j.k - pc);
+  for (int64_t pc = j.pc0; pc < j.pc1; pc += j.kcs) {
+    const int64_t kc = std::min(j.kcs, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;
     const T *bblk = j.bpack + (pc - j.pc0) * j.ncp;
     const int64_t last = mc / MR * MR;  // start of the partial sliver, if any
@@ -256,7 +287,7 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t i0 = (task / j.col_tasks) * kMC, mc = std::min(kMC, j.m - i0);
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
-  T *ap = j.apack + worker * kMC * kKC;
+  T *ap = j.apack + worker * kMC * kMaxDepth;
   if (!j.ta && S::kRowsInPlace) {
     block_rows_in_place<T, S>(j, i0, mc, c0, c1, ap);
     return;
@@ -270,8 +301,8 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   // with more B slivers the packed copy pays for itself (4608 x 512: 23-30%
   // slower in place).
   const int64_t full = j.ta && c1 - c0 <= S::kTransInPlace * NR ? mc / MR * MR : 0;
-  for (int64_t pc = j.pc0; pc < j.pc1; pc += kKC) {
-    const int64_t kc = std::min(kKC, j.k - pc);
+  for (int64_t pc = j.pc0; pc < j.pc1; pc += j.kcs) {
+    const int64_t kc = std::min(j.kcs, j.k - pc);
     const T beta = pc == 0 ? j.beta : (T)1;
     if (full < mc) pack_a<T, S>(j, i0 + full, mc - full, pc, kc, ap);
     const T *bblk = j.bpack + (pc - j.pc0) * j.ncp;
@@ -279,11 +310,14 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
       const T *bp = bblk + jr * kc;
       const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
       for (int64_t ir = 0; ir < mc; ir += MR) {
-        const bool direct = ir < full;
-        const T *a = direct ? j.a + pc * j.lda + i0 + ir : ap + (ir - full) * kc;
-        micro_kernel<T, S>(kc, a, direct ? j.lda : MR, bp, j.alpha, beta,
-                           j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc,
-                           (int)std::min<int64_t>(MR, mc - ir), cols);
+        T *cp = j.c + (i0 + ir) * j.ldc + j.jc + jr;
+        const int rows = (int)std::min<int64_t>(MR, mc - ir);
+        if (ir < full)
+          micro_kernel<T, S, false, true>(kc, j.a + pc * j.lda + i0 + ir, j.lda, bp, j.alpha,
+                                          beta, cp, j.ldc, rows, cols);
+        else
+          micro_kernel<T, S>(kc, ap + (ir - full) * kc, MR, bp, j.alpha, beta, cp, j.ldc,
+                             rows, cols);
       }
     }
   }
@@ -294,6 +328,8 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
 template <typename T>
 struct Kernels {
   int nr;
+  bool rows_in_place;  // Tile::kRowsInPlace
+  int64_t rows_depth;  // Tile::kRowsDepth
   void (*pack_b)(const Job<T> &, int64_t sliver, int64_t pc, int64_t kc);
   void (*block)(const Job<T> &, int64_t task, int worker);
 };
@@ -309,7 +345,8 @@ struct Kernels {
   }                                                                                      \
   template <typename T>                                                                  \
   Kernels<T> kernels_##name() {                                                          \
-    return Kernels<T>{tile<T>::NR, pack_b_##name<T>, block_task_##name<T>};              \
+    return Kernels<T>{tile<T>::NR, tile<T>::kRowsInPlace, tile<T>::kRowsDepth,           \
+                      pack_b_##name<T>, block_task_##name<T>};                           \
   }
 
 PV_GEMM_VARIANT(avx512, PV_TARGET_AVX512, WideTile)
@@ -433,16 +470,17 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   const int workers = cpu_threads();
   // Whole-depth passes when B packed for all of k fits kWholeDepthBytes
   // (convolution forward and input gradients: B is the weights), else
-  // one pass per KC slice so that packed B stays in cache (weight
+  // one pass per slice so that packed B stays in cache (weight
   // gradients, where k is every pixel and B is the column matrix).
+  const int64_t kcs = slice_depth(k, !ta && kern.rows_in_place ? kern.rows_depth : kKC);
   const int64_t n_up = ceil_div(n, NR) * NR;
   const bool whole = k * n_up * (int64_t)sizeof(T) <= kWholeDepthBytes;
   const int64_t nc_blk = whole ? n_up : std::min(n_up, kNC);
-  const int64_t depth = whole ? k : kKC;
+  const int64_t depth = whole ? k : kcs;
   T *bpack = scratch<T>(kScratchPackB, std::min(k, depth) * nc_blk);
-  T *apack = scratch<T>(kScratchPackA, workers * kMC * kKC);
+  T *apack = scratch<T>(kScratchPackA, workers * kMC * kMaxDepth);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
-           0, 0, 0, 0, 0, bpack, apack, 1, 0};
+           0, 0, kcs, 0, 0, 0, bpack, apack, 1, 0};
   const int64_t mblocks = ceil_div(m, kMC);
   for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
     j.nc = std::min(nc_blk, n - j.jc);
@@ -457,9 +495,9 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
     j.col_tasks = ceil_div(j.nc, j.col_chunk);
     for (j.pc0 = 0; j.pc0 < k; j.pc0 += depth) {
       j.pc1 = std::min(k, j.pc0 + depth);
-      const int64_t kblocks = ceil_div(j.pc1 - j.pc0, kKC);
+      const int64_t kblocks = ceil_div(j.pc1 - j.pc0, kcs);
       parallel_for(slivers * kblocks, [&](int64_t t, int) {
-        const int64_t pc = j.pc0 + (t / slivers) * kKC, kc = std::min(kKC, k - pc);
+        const int64_t pc = j.pc0 + (t / slivers) * kcs, kc = std::min(kcs, k - pc);
         kern.pack_b(j, t % slivers, pc, kc);
       });
       parallel_for(mblocks * j.col_tasks, [&](int64_t t, int w) {
