@@ -32,6 +32,7 @@ enum ScratchSlot {
   kScratchPackA,
   kScratchPackB,
   kScratchSplitK,
+  kScratchPartial,
   kScratchSlots
 };
 void *scratch_bytes(ScratchSlot slot, int64_t bytes);
