@@ -1,18 +1,21 @@
-// gemm_cpu.cc: a packed, blocked, multithreaded GEMM for the CPU backend.
+// gemm_cpu.cc: a blocked, multithreaded GEMM for the CPU backend.
 //
-// The classic Goto/BLIS structure: B is packed once per (NC x KC) block
-// into column slivers of NR that stay in L1 while an MR x NR micro-kernel
-// sweeps an A block (MC x KC, packed into MR-row slivers, resident in L2).
-// The micro-kernel keeps MR x 2 vector accumulators in registers and
-// issues two FMAs per broadcast of A, so it is bound by FMA throughput
-// rather than loads. One template compiles three times and the widest the
-// processor runs is chosen at run time (cpu_simd_level): AVX-512 with
-// 8 x 32 float tiles (16 of the 32 zmm registers, twice the work per FMA
-// of AVX2), AVX2+FMA with 6 x 16 tiles (12 of the 16 ymm registers), and
-// portable. Threads split the A blocks and, when there are too few for the
-// pool, the columns of the B block as well. When B packed for the whole
-// depth is small (weights), it is packed once and each task runs its tile
-// over all of k: one pool sync per call and C stays in cache.
+// After the Goto/BLIS structure: B is packed into column slivers of NR
+// (once per call when it is small, as weights are; else per depth slice
+// and column block), and an MR x NR micro-kernel keeps MR x 2 vector
+// accumulators in registers, issuing two FMAs per broadcast of A, so that
+// it is bound by FMA throughput rather than loads. A row-major A (the
+// column matrix, an output gradient) is not packed: the micro-kernel reads
+// each sliver's MR rows in place while B's column group sits in L2. A
+// transposed A (weight gradients) is packed per A block and depth slice,
+// or read in place when the task has few B slivers. Depth is cut into
+// equal slices (slice_depth). One template compiles three times and the
+// widest the processor runs is chosen at run time (cpu_simd_level):
+// AVX-512 with 8 x 32 float tiles (16 of the 32 zmm registers, twice the
+// work per FMA of AVX2), AVX2+FMA with 6 x 16 tiles (12 of the 16 ymm
+// registers), and portable. Threads split the A blocks and, when there are
+// too few for the pool, the columns of B as well; a product whose depth
+// dwarfs its output splits the depth instead (gemm_split_k).
 #include "gemm_cpu.h"
 
 #include <algorithm>
@@ -36,10 +39,10 @@ constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits th
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // A micro-tile: MR rows by two vectors of Bytes. kMC is a multiple of MR.
-// RowsInPlace: the micro-kernel reads full slivers of a row-major A (the
-// column matrix, an output gradient) straight from their MR rows instead
-// of a packed copy. On the AVX2 machine (Zen 3) that was faster for every
-// convolution shape measured, most where B is narrow, since each packed A
+// Full slivers of a row-major A (the column matrix, an output gradient)
+// are read by the micro-kernel straight from their MR rows instead of a
+// packed copy (block_rows_in_place). On the AVX2 machine (Zen 3) that was
+// faster for every convolution shape measured, most where B is narrow, since each packed A
 // element then feeds few FMAs: 93 to 131 GFLOP/s for 12544 x 64 x 288,
 // 105 to 132 for 512 x 512 x 4608, 144 to 162 for a square 512. On the
 // AVX-512 machine (Sapphire Rapids class) ResNet-18's forward GEMMs ran
@@ -53,20 +56,19 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // per deeper slice. On the AVX-512 machine (Sapphire Rapids class, 48 KiB
 // L1, 2 MiB L2) 384 ran ResNet-18's forward GEMMs 5% faster than 256 and
 // square ones 2% faster, 512 was between them.
-template <typename T, int Bytes, int Rows, bool RowsInPlace, int TransInPlace, int RowsDepth>
+template <typename T, int Bytes, int Rows, int TransInPlace, int RowsDepth>
 struct Tile {
   typedef T V __attribute__((vector_size(Bytes)));
   static constexpr int L = Bytes / (int)sizeof(T), MR = Rows, NR = 2 * L;
-  static constexpr bool kRowsInPlace = RowsInPlace;
   static constexpr int kTransInPlace = TransInPlace;
   static constexpr int64_t kRowsDepth = RowsDepth;
   static_assert(kMC % MR == 0, "A blocks hold whole slivers");
   static_assert(RowsDepth >= kKC && RowsDepth <= kMaxDepth, "slice depth out of range");
 };
 template <typename T>
-using NarrowTile = Tile<T, 32, 6, true, 8, 256>;  // AVX2 and portable
+using NarrowTile = Tile<T, 32, 6, 8, 256>;  // AVX2 and portable
 template <typename T>
-using WideTile = Tile<T, 64, 8, true, 2, 384>;  // AVX-512
+using WideTile = Tile<T, 64, 8, 2, 384>;  // AVX-512
 
 // The depth of each slice for a product of depth k whose slices may be at
 // most most deep: k split into equal slices, rounded up to 8, rather than
@@ -112,9 +114,9 @@ struct Run {
 };
 
 // Packs op(A)[i0 : i0 + mc][pc : pc + kc] into MR-row slivers
-// dst[sliver][kk][MR], rows past the end zero. Full slivers take a
-// branch-free path since packing A is redone for every task and showed
-// up at ~10% of a ResNet step.
+// dst[sliver][kk][MR], rows past the end zero. Packing A is redone for
+// every task and showed up at ~10% of a ResNet step, so full slivers of a
+// transposed A take a vector path.
 template <typename T, typename S>
 PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64_t kc,
                       T *dst) {
@@ -157,19 +159,13 @@ PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64
     }
     return;
   }
+  // A row-major A packs only a last partial sliver (block_rows_in_place).
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const int rows = (int)std::min<int64_t>(MR, mc - ir);
     T *d = dst + ir * kc;
-    if (rows == MR) {
-      const T *s = j.a + (i0 + ir) * j.lda + pc;
-      const int64_t ld = j.lda;
-      for (int64_t kk = 0; kk < kc; kk++, d += MR)
-        for (int r = 0; r < MR; r++) d[r] = s[r * ld + kk];
-    } else {
-      for (int r = 0; r < MR; r++) {
-        const T *src = j.a + (i0 + ir + r) * j.lda + pc;
-        for (int64_t kk = 0; kk < kc; kk++) d[kk * MR + r] = r < rows ? src[kk] : (T)0;
-      }
+    for (int r = 0; r < MR; r++) {
+      const T *src = j.a + (i0 + ir + r) * j.lda + pc;
+      for (int64_t kk = 0; kk < kc; kk++) d[kk * MR + r] = r < rows ? src[kk] : (T)0;
     }
   }
 }
@@ -259,7 +255,7 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T
     }
 }
 
-// block_task for a row-major A read in place (Tile::kRowsInPlace). For
+// block_task for a row-major A, read in place. For
 // each group of kInPlaceCols columns, sliver by sliver of A: its MR x kc
 // values stay in L1 across the group's B slivers, and the group's packed
 // B (128 KiB at kc = 256) stays in L2 across the A slivers. Only a last
@@ -299,10 +295,12 @@ PV_INLINE void block_rows_in_place(const Job<T> &j, int64_t i0, int64_t mc, int6
 // One task: an A block times a column chunk over the pass's depth range.
 // When B packed for the whole depth is small (see gemm_impl) the range is
 // all of k, so the pool syncs once per column block rather than twice per
-// KC slice and the task's C tile stays in L2 between slices. Per element
-// the sums run over the same KC slices in the same order either way, so
-// results do not depend on the thread count or the pass layout. Within a
-// slice, sliver by sliver: the B sliver stays in L1 while A is in L2.
+// slice and the task's C tile stays in L2 between slices. Per element
+// the sums run over the same slices in the same order either way, so
+// results do not depend on the thread count or the pass layout. A
+// row-major A goes to block_rows_in_place; a transposed one is packed (or
+// read in place, below) and, within a slice, sliver by sliver: the B
+// sliver stays in L1 while A is in L2.
 template <typename T, typename S>
 PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   constexpr int NR = S::NR, MR = S::MR;
@@ -310,7 +308,7 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
   T *ap = j.apack + worker * kMC * kMaxDepth;
-  if (!j.ta && S::kRowsInPlace) {
+  if (!j.ta) {
     block_rows_in_place<T, S>(j, i0, mc, c0, c1, ap);
     return;
   }
@@ -350,7 +348,6 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
 template <typename T>
 struct Kernels {
   int nr;
-  bool rows_in_place;  // Tile::kRowsInPlace
   int64_t rows_depth;  // Tile::kRowsDepth
   void (*pack_b)(const Job<T> &, int64_t sliver, int64_t pc, int64_t kc);
   void (*block)(const Job<T> &, int64_t task, int worker);
@@ -367,7 +364,7 @@ struct Kernels {
   }                                                                                      \
   template <typename T>                                                                  \
   Kernels<T> kernels_##name() {                                                          \
-    return Kernels<T>{tile<T>::NR, tile<T>::kRowsInPlace, tile<T>::kRowsDepth,           \
+    return Kernels<T>{tile<T>::NR, tile<T>::kRowsDepth,                                  \
                       pack_b_##name<T>, block_task_##name<T>};                           \
   }
 
@@ -494,7 +491,7 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   // (convolution forward and input gradients: B is the weights), else
   // one pass per slice so that packed B stays in cache (weight
   // gradients, where k is every pixel and B is the column matrix).
-  const int64_t kcs = slice_depth(k, !ta && kern.rows_in_place ? kern.rows_depth : kKC);
+  const int64_t kcs = slice_depth(k, ta ? kKC : kern.rows_depth);
   const int64_t n_up = ceil_div(n, NR) * NR;
   const bool whole = k * n_up * (int64_t)sizeof(T) <= kWholeDepthBytes;
   const int64_t nc_blk = whole ? n_up : std::min(n_up, kNC);
