@@ -416,9 +416,10 @@ func TestNNErrors(t *testing.T) {
 // against float64 sums over the same float32-rounded values, on cases
 // that reach each way the CPU builds the weight gradient: the transposed
 // column matrix (R S C >= K, at strides 1 and 2 and with a 7x7 stem-like
-// kernel), the untransposed one (R S C < K), a 1x1 stride-2 shortcut and
-// a batch whose column matrix takes several chunks (5 images of 32x32 x
-// 576: three images a chunk, the second chunk adding to the first).
+// kernel), the untransposed one (R S C < K), a 1x1 stride-2 shortcut, a
+// batch whose column matrix takes several chunks (5 images of 32x32 x
+// 576: three images a chunk, the second chunk adding to the first), and
+// stride-1 convolutions without padding and with a 5x5 kernel.
 // Tolerance: float32 sums of up to 5120 products of values below 1 in
 // magnitude; their rounding error stays under 1e-4 of the largest entry.
 func TestConvBackwardFloat32(t *testing.T) {
@@ -438,6 +439,8 @@ func TestConvBackwardFloat32(t *testing.T) {
 		{[]int{2, 6, 7, 4}, []int{40, 3, 3, 4}, 1, 1},
 		{[]int{2, 8, 9, 6}, []int{12, 1, 1, 6}, 2, 0},
 		{[]int{5, 32, 32, 64}, []int{64, 3, 3, 64}, 1, 1},
+		{[]int{2, 9, 8, 3}, []int{4, 3, 3, 3}, 1, 0},
+		{[]int{2, 10, 11, 6}, []int{5, 5, 5, 6}, 1, 1},
 	} {
 		n, h, wd, c := tc.xs[0], tc.xs[1], tc.xs[2], tc.xs[3]
 		k, rr, ss := tc.ws[0], tc.ws[1], tc.ws[2]
