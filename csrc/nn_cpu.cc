@@ -130,30 +130,28 @@ struct Conv {
   // the calling thread.
   void im2col_rows(const T *x, int64_t r0, int64_t r1, T *col) const {
     const int64_t kd = kdim(), run = a.s * a.c;
-    {
-      for (int64_t row = r0; row < r1; row++) {
-        const int64_t img = row / a.p, oy = row % a.p;
-        for (int64_t ox = 0; ox < a.q; ox++) {
-          T *dst = col + ((row - r0) * a.q + ox) * kd;
-          const int64_t ix0 = ox * a.stride - a.pad;
-          for (int64_t ky = 0; ky < a.r; ky++, dst += run) {
-            const int64_t iy = oy * a.stride - a.pad + ky;
-            if (iy < 0 || iy >= a.h) {
-              std::fill(dst, dst + run, (T)0);
-              continue;
-            }
-            const T *src = x + ((img * a.h + iy) * a.w + ix0) * a.c;
-            if (ix0 >= 0 && ix0 + a.s <= a.w) {
-              copy_run(dst, src, run);
-              continue;
-            }
-            for (int64_t kx = 0; kx < a.s; kx++) {
-              const int64_t ix = ix0 + kx;
-              if (ix < 0 || ix >= a.w)
-                std::fill(dst + kx * a.c, dst + (kx + 1) * a.c, (T)0);
-              else
-                copy_run(dst + kx * a.c, src + kx * a.c, a.c);
-            }
+    for (int64_t row = r0; row < r1; row++) {
+      const int64_t img = row / a.p, oy = row % a.p;
+      for (int64_t ox = 0; ox < a.q; ox++) {
+        T *dst = col + ((row - r0) * a.q + ox) * kd;
+        const int64_t ix0 = ox * a.stride - a.pad;
+        for (int64_t ky = 0; ky < a.r; ky++, dst += run) {
+          const int64_t iy = oy * a.stride - a.pad + ky;
+          if (iy < 0 || iy >= a.h) {
+            std::fill(dst, dst + run, (T)0);
+            continue;
+          }
+          const T *src = x + ((img * a.h + iy) * a.w + ix0) * a.c;
+          if (ix0 >= 0 && ix0 + a.s <= a.w) {
+            copy_run(dst, src, run);
+            continue;
+          }
+          for (int64_t kx = 0; kx < a.s; kx++) {
+            const int64_t ix = ix0 + kx;
+            if (ix < 0 || ix >= a.w)
+              std::fill(dst + kx * a.c, dst + (kx + 1) * a.c, (T)0);
+            else
+              copy_run(dst + kx * a.c, src + kx * a.c, a.c);
           }
         }
       }
