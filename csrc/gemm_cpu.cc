@@ -31,7 +31,6 @@ namespace pv {
 namespace {
 
 constexpr int64_t kKC = 256;   // most depth of a slice with packed A; split-k granularity
-constexpr int64_t kMaxDepth = 384;  // the deepest slice of any tile: A scratch size
 constexpr int64_t kMC = 120;   // rows of an A block: 120 KiB packed (float), in L2
 constexpr int64_t kNC = 3072;  // columns of a packed B block (per-slice passes)
 constexpr int64_t kWholeDepthBytes = 16 << 20;  // whole-depth packed B: fits the L3
@@ -63,15 +62,17 @@ struct Tile {
   static constexpr int kTransInPlace = TransInPlace;
   static constexpr int64_t kRowsDepth = RowsDepth;
   static_assert(kMC % MR == 0, "A blocks hold whole slivers");
-  static_assert(RowsDepth >= kKC && RowsDepth <= kMaxDepth, "slice depth out of range");
+  // The A scratch (kMC x kKC per worker) holds a packed transposed block
+  // or a partial row-major sliver (MR x RowsDepth).
+  static_assert(RowsDepth >= kKC && MR * RowsDepth <= kMC * kKC, "slice depth out of range");
 };
 template <typename T>
 using NarrowTile = Tile<T, 32, 6, 8, 256>;  // AVX2 and portable
 template <typename T>
 using WideTile = Tile<T, 64, 8, 2, 384>;  // AVX-512
 
-// The depth of each slice for a product of depth k whose slices may be at
-// most most deep: k split into equal slices, rounded up to 8, rather than
+// The depth of each slice for a product of depth k whose slices may be no
+// deeper than most: k split into equal slices, rounded up to 8, rather than
 // full ones and a shallow remainder (576 as 288 + 288, not 256 + 256 + 64,
 // whose last pass reads and writes C for a quarter of the work). It
 // depends on k alone, so results do not depend on the thread count.
@@ -96,7 +97,7 @@ struct Job {
   int64_t pc0, pc1;   // depth range of this pass, a whole number of slices
   int64_t ncp;        // nc rounded up to NR: packed row length of B
   const T *bpack;     // slice pc at bpack + (pc - pc0) * ncp: [slivers][kc][NR]
-  T *apack;           // [workers][kMC * kMaxDepth]
+  T *apack;           // [workers][kMC * kKC]
   int64_t col_tasks;  // column chunks per A block
   int64_t col_chunk;  // columns per chunk, a multiple of NR
 };
@@ -124,13 +125,13 @@ PV_INLINE void pack_a(const Job<T> &j, int64_t i0, int64_t mc, int64_t pc, int64
   if (j.ta) {
     // Depth by depth across all full slivers: each depth's row of A^T is
     // read as one run of mc values, a few cache lines in sequence, and
-    // prefetched kStridedAhead depths ahead. Sliver by sliver (MR values
-    // per row) the copy waited on L3 for every line, twice.
-    // Each sliver's MR values go as one vector where MR values make one
-    // (8 floats on the wide tile); on the narrow tile (6 floats) as a
-    // vector of L that runs into the next depth's slot, rewritten next,
-    // except at the last depth (value by value on the AVX2 machine this
-    // copy was ~15% of the weight gradients' time).
+    // prefetched kStridedAhead depths ahead (sliver by sliver, MR values
+    // per row, the copy waited on L3 for every line, twice). Each sliver's
+    // MR values go as one vector where MR values make one (8 floats on the
+    // wide tile); on the narrow tile (6 floats) as a vector of L that runs
+    // into the next depth's slot, rewritten next, except at the last depth
+    // (value by value on the AVX2 machine this copy was ~15% of the weight
+    // gradients' time).
     const int64_t full = mc / MR * MR, lda = j.lda;
     const T *src = j.a + pc * lda + i0;
     constexpr int64_t kLine = 64 / (int64_t)sizeof(T);
@@ -307,7 +308,7 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   const int64_t i0 = (task / j.col_tasks) * kMC, mc = std::min(kMC, j.m - i0);
   const int64_t c0 = (task % j.col_tasks) * j.col_chunk;
   const int64_t c1 = std::min(j.nc, c0 + j.col_chunk);
-  T *ap = j.apack + worker * kMC * kMaxDepth;
+  T *ap = j.apack + worker * kMC * kKC;
   if (!j.ta) {
     block_rows_in_place<T, S>(j, i0, mc, c0, c1, ap);
     return;
@@ -440,6 +441,21 @@ template <typename T>
 void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
                int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split);
 
+template <typename T>
+void sum_parts(int64_t parts, int64_t m, int64_t n, const T *partial, T beta, T *c,
+               int64_t ldc) {
+  parallel_for(m, [&](int64_t i, int) {
+    for (int64_t jj = 0; jj < n; jj++) {
+      T acc = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
+      for (int64_t p = 0; p < parts; p++) acc += partial[(p * m + i) * n + jj];
+      c[i * ldc + jj] = acc;
+    }
+  });
+}
+template void sum_parts<float>(int64_t, int64_t, int64_t, const float *, float, float *, int64_t);
+template void sum_parts<double>(int64_t, int64_t, int64_t, const double *, double, double *,
+                                int64_t);
+
 // Split-k: when the depth dwarfs the output (a weight gradient, where k
 // is every pixel of the batch and C is only K x RSC), blocking over C
 // leaves threads idle and syncs the pool once per KC slice. Each worker
@@ -465,13 +481,7 @@ bool gemm_split_k(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, co
     // Inside a pool task the inner parallel_for calls run inline.
     gemm_impl<T>(ta, tb, m, n, kn, alpha, ap, lda, bp, ldb, 0, dst, n, false);
   });
-  parallel_for(m, [&](int64_t i, int) {
-    for (int64_t jj = 0; jj < n; jj++) {
-      T acc = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
-      for (int64_t p = 0; p < parts; p++) acc += partial[(p * m + i) * n + jj];
-      c[i * ldc + jj] = acc;
-    }
-  });
+  sum_parts(parts, m, n, partial, beta, c, ldc);
   return true;
 }
 
@@ -497,7 +507,7 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   const int64_t nc_blk = whole ? n_up : std::min(n_up, kNC);
   const int64_t depth = whole ? k : kcs;
   T *bpack = scratch<T>(kScratchPackB, std::min(k, depth) * nc_blk);
-  T *apack = scratch<T>(kScratchPackA, workers * kMC * kMaxDepth);
+  T *apack = scratch<T>(kScratchPackA, workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
            0, 0, kcs, 0, 0, 0, bpack, apack, 1, 0};
   const int64_t mblocks = ceil_div(m, kMC);

@@ -44,6 +44,12 @@ T *scratch(ScratchSlot slot, int64_t n) {
 // The calling thread's float32 multiply-add throughput in GFLOP/s (an FMA
 // counts as 2), measured with register-resident chains on the widest unit
 // the kernels use (about 50 ms): pv_cpu_fma_peak sums it over threads.
+// c [m][n] (row stride ldc) = beta c + the sum of parts partial products
+// partial [parts][m][n], added in part order whatever the thread count.
+template <typename T>
+void sum_parts(int64_t parts, int64_t m, int64_t n, const T *partial, T beta, T *c,
+               int64_t ldc);
+
 double cpu_fma_peak_gflops();
 
 }  // namespace pv

@@ -258,13 +258,7 @@ struct Conv {
                 sum, a.k);
       }
     });
-    parallel_chunks(kd, 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b * a.k; i < e * a.k; i++) {
-        T acc = partial[i];
-        for (int64_t w = 1; w < workers; w++) acc += partial[w * kd * a.k + i];
-        dwt[i] = acc;
-      }
-    });
+    sum_parts<T>(workers, kd, a.k, partial, 0, dwt, a.k);
   }
 
   void backward() const {
@@ -281,8 +275,8 @@ struct Conv {
       const bool pieces = dw && by_pieces(transposed);
       if (pieces) weight_grad_pieces(x, dy, dwt);
       const int64_t ci = chunk_images();
-      T *col = scratch<T>(kScratchCol, ci * px * kd);
-      for (int64_t i0 = 0; i0 < a.n; i0 += ci) {
+      T *col = (dw && !pieces) || dx ? scratch<T>(kScratchCol, ci * px * kd) : nullptr;
+      for (int64_t i0 = 0; col && i0 < a.n; i0 += ci) {
         const int64_t ni = std::min(ci, a.n - i0);
         const T *dyc = dy + i0 * px * a.k;
         if (dw && !pieces) {
