@@ -51,7 +51,9 @@ func (b *builder) bn(name string, c int, zero bool) Layer {
 	return l
 }
 
-func (b *builder) relu(name string) Layer { return &ReLU{env: b.env, name: name} }
+// relu is in place: every ReLU the builders make follows batch norm or a
+// residual sum.
+func (b *builder) relu(name string) Layer { return &ReLU{env: b.env, name: name, InPlace: true} }
 
 func (b *builder) linear(name string, in, out int, bias bool) *Linear {
 	if b.err != nil {
@@ -69,12 +71,18 @@ func (b *builder) linear(name string, in, out int, bias bool) *Linear {
 }
 
 // Residual is a residual block: relu(branch(x) + shortcut(x)), with an
-// identity shortcut when Shortcut is nil.
+// identity shortcut when Shortcut is nil. InPlace sums into the branch's
+// output going forward and into the branch's input gradient going back,
+// rather than into buffers of its own: right when the branch's last layer
+// does not read its output in its backward pass (batch norm, as the
+// builders make it) and nothing reads its first layer's input gradient
+// after returning it.
 type Residual struct {
 	env
 	name     string
 	Branch   *Sequential
 	Shortcut *Sequential
+	InPlace  bool
 	relu     *ReLU
 	sum, dx  *bindings.Tensor
 }
@@ -91,13 +99,17 @@ func (r *Residual) Forward(x *bindings.Tensor) (*bindings.Tensor, error) {
 			return nil, err
 		}
 	}
-	if err := ensure(r.dev, r.act, &r.sum, h.Shape()...); err != nil {
+	sum := h
+	if !r.InPlace {
+		if err := ensure(r.dev, r.act, &r.sum, h.Shape()...); err != nil {
+			return nil, wrap(r.name, "forward", err)
+		}
+		sum = r.sum
+	}
+	if err := bindings.Add(h, s, sum); err != nil {
 		return nil, wrap(r.name, "forward", err)
 	}
-	if err := bindings.Add(h, s, r.sum); err != nil {
-		return nil, wrap(r.name, "forward", err)
-	}
-	return r.relu.Forward(r.sum)
+	return r.relu.Forward(sum)
 }
 
 // Backward sends the gradient down both paths and sums what comes back.
@@ -116,10 +128,14 @@ func (r *Residual) Backward(dy *bindings.Tensor) (*bindings.Tensor, error) {
 			return nil, err
 		}
 	}
-	if err := ensure(r.dev, r.act, &r.dx, dh.Shape()...); err != nil {
-		return nil, wrap(r.name, "backward", err)
+	dx := dh
+	if !r.InPlace {
+		if err := ensure(r.dev, r.act, &r.dx, dh.Shape()...); err != nil {
+			return nil, wrap(r.name, "backward", err)
+		}
+		dx = r.dx
 	}
-	return r.dx, wrap(r.name, "backward", bindings.Add(dh, ds, r.dx))
+	return dx, wrap(r.name, "backward", bindings.Add(dh, ds, dx))
 }
 
 // Params lists the branch's then the shortcut's parameters.
@@ -182,8 +198,8 @@ func (b *builder) block(name string, in, width, stride int, bottleneck bool) (La
 			b.conv(name+".conv2", width, width, 3, 1, 1), b.bn(name+".bn2", width, zero),
 		}
 	}
-	r := &Residual{env: b.env, name: name, Branch: &Sequential{Layers: br}, relu: &ReLU{env: b.env,
-		name: name + ".relu"}}
+	r := &Residual{env: b.env, name: name, Branch: &Sequential{Layers: br}, InPlace: true,
+		relu: &ReLU{env: b.env, name: name + ".relu", InPlace: true}}
 	if stride != 1 || in != out {
 		r.Shortcut = &Sequential{Layers: []Layer{
 			b.conv(name+".downsample.0", in, out, 1, stride, 0),

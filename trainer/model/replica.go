@@ -65,7 +65,8 @@ func replicate(l Layer) (Layer, error) {
 		}
 		return s, nil
 	case *Residual:
-		r := &Residual{env: v.env, name: v.name, relu: &ReLU{env: v.relu.env, name: v.relu.name}}
+		r := &Residual{env: v.env, name: v.name, InPlace: v.InPlace,
+			relu: &ReLU{env: v.relu.env, name: v.relu.name, InPlace: v.relu.InPlace}}
 		b, err := replicate(v.Branch)
 		if err != nil {
 			return nil, err
@@ -111,7 +112,7 @@ func replicate(l Layer) (Layer, error) {
 		}
 		return li, nil
 	case *ReLU:
-		return &ReLU{env: v.env, name: v.name}, nil
+		return &ReLU{env: v.env, name: v.name, InPlace: v.InPlace}, nil
 	case *MaxPool:
 		return &MaxPool{env: v.env, name: v.name, op: v.op}, nil
 	case *GlobalAvgPool:
