@@ -414,12 +414,15 @@ func TestNNErrors(t *testing.T) {
 
 // TestConvBackwardFloat32 checks both float32 gradients of convolution
 // against float64 sums over the same float32-rounded values, on cases
-// that reach each way the CPU builds the weight gradient: the transposed
-// column matrix (R S C >= K, at strides 1 and 2 and with a 7x7 stem-like
-// kernel), the untransposed one (R S C < K), a 1x1 stride-2 shortcut, a
-// batch whose column matrix takes several chunks (5 images of 32x32 x
-// 576: three images a chunk, the second chunk adding to the first), and
-// stride-1 convolutions without padding and with a 5x5 kernel.
+// that reach each way the CPU builds the gradients: by pieces per worker,
+// with the transposed column matrix (R S C >= K, at strides 1 and 2 and
+// with a 7x7 stem-like kernel), including a batch of 5 images of 32x32 x
+// 576 in several pieces; the untransposed one (R S C < K); a 1x1 stride-2
+// shortcut; stride-1 convolutions without padding and with a 5x5 kernel;
+// one image, whose input gradient goes by chunks while its weight
+// gradient goes by pieces; and a weight gradient over 1 MiB, by chunks
+// (3 images of 24x24 x 1440: two a chunk, the second adding to the
+// first).
 // Tolerance: float32 sums of up to 5120 products of values below 1 in
 // magnitude; their rounding error stays under 1e-4 of the largest entry.
 func TestConvBackwardFloat32(t *testing.T) {
@@ -441,6 +444,8 @@ func TestConvBackwardFloat32(t *testing.T) {
 		{[]int{5, 32, 32, 64}, []int{64, 3, 3, 64}, 1, 1},
 		{[]int{2, 9, 8, 3}, []int{4, 3, 3, 3}, 1, 0},
 		{[]int{2, 10, 11, 6}, []int{5, 5, 5, 6}, 1, 1},
+		{[]int{1, 12, 12, 8}, []int{16, 3, 3, 8}, 1, 1},
+		{[]int{3, 24, 24, 160}, []int{200, 3, 3, 160}, 1, 1},
 	} {
 		n, h, wd, c := tc.xs[0], tc.xs[1], tc.xs[2], tc.xs[3]
 		k, rr, ss := tc.ws[0], tc.ws[1], tc.ws[2]

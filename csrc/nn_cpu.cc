@@ -9,11 +9,14 @@
 // images at a time, at most kColBytes, so memory stays bounded at 224 px
 // and the chunk stays in cache between im2col and the GEMM.
 // 1x1 stride-1 convolutions skip im2col: x already is the column matrix.
-// A small weight gradient is instead summed per worker over pieces of the
-// column matrix that each worker builds for itself (weight_grad_pieces).
 // The input gradient goes the other way, dcol = dy w, then a gather
 // (col2im) that sums, for each input pixel, the columns that read it;
 // gathering rather than scattering lets threads own disjoint outputs.
+// A layer with small weights instead goes backward by pieces
+// (backward_pieces): each worker builds pieces of the column matrix for
+// itself, sums its own copy of the weight gradient over them and, where
+// there are images enough for every worker, scatters dcol into the input
+// gradient of images it owns.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -41,7 +44,7 @@ constexpr int64_t kMinChunkRows = 1024;
 // most kPartialBytes) is summed by each worker into its own copy from
 // pieces of the column matrix it builds itself, each about the size of a
 // core's L2 (piece_bytes), so that the piece is still there when the GEMM
-// reads it (see Conv::weight_grad_pieces). On the 2 MiB L2 machine, 2 MiB
+// reads it (see Conv::backward_pieces). On the 2 MiB L2 machine, 2 MiB
 // pieces ran ResNet-18 3-4% faster than 1 MiB ones, and both ran the
 // ConvNet 7% faster than chunks built by both threads.
 constexpr int64_t kPartialBytes = 1 << 20;
@@ -279,7 +282,7 @@ struct Conv {
       gemm<T>(true, false, a.k, kd, rows, 1, dyc, a.k, col, kd, beta, dw, kd);
   }
 
-  // Whether the weight gradient goes by weight_grad_pieces: summed
+  // Whether the weight gradient goes by backward_pieces: summed
   // transposed (see weight_grad), small enough for a copy per worker, and
   // with pieces of at least kMinPieceRows pixels for the GEMM's depth.
   bool by_pieces(bool transposed) const {
@@ -290,32 +293,67 @@ struct Conv {
   }
   static constexpr int64_t kMinPieceRows = 256;
 
-  // dwt [R S C][K] = col^T dy with the work split by pixels: worker w
-  // takes pieces w, w + W, ... of the output rows, builds each piece's
-  // column matrix (about piece_bytes(), in its own L2) and adds col^T dy
-  // for it into its own partial sum; the partials are then added in
-  // worker order, so the result depends on the thread count only. Built
-  // a chunk at a time by both threads, col went to L3, and the GEMM,
-  // which reads it a few values per row, waited on it: ResNet-18's first
-  // stage's weight gradient ran at 53% of the FMA peak.
-  void weight_grad_pieces(const T *x, const T *dy, T *dwt) const {
-    const int64_t kd = kdim(), rows = a.n * a.p;
-    const int64_t piece = std::max<int64_t>(1, piece_bytes() / (a.q * kd * (int64_t)sizeof(T)));
-    const int64_t pieces = (rows + piece - 1) / piece;
-    const int64_t workers = std::min<int64_t>(cpu_threads(), pieces);
+  // dwt [R S C][K] = col^T dy with the work split by output rows (row =
+  // image * P + oy): each worker takes a contiguous range of rows, in
+  // pieces whose column matrix is about piece_bytes() (its own L2), builds
+  // each piece's col and adds col^T dy into its own partial sum; the
+  // partials are then added in worker order, so the result depends on the
+  // thread count only. Built a chunk at a time by both threads, col went
+  // to L3, and the GEMM, which reads it a few values per row, waited on
+  // it: ResNet-18's first stage's weight gradient ran at 53% of the FMA
+  // peak.
+  // With dx, the ranges are whole images, and each piece then also takes
+  // dcol = dy w into the same buffer and adds it into its images' dx
+  // (col2im_add): the worker owns those images' dx, and dcol and dx stay
+  // in its L2, where the chunked path wrote dcol to L3 and gathered it
+  // back (col2im).
+  void backward_pieces(const T *x, const T *w, const T *dy, T *dx, T *dwt) const {
+    const int64_t kd = kdim(), per_row = a.q * kd, rows = a.n * a.p;
+    const int64_t piece = std::max<int64_t>(1, piece_bytes() / (per_row * (int64_t)sizeof(T)));
+    const int64_t units = dx ? a.n : (rows + piece - 1) / piece;
+    const int64_t workers = std::min<int64_t>(cpu_threads(), units);
     T *partial = scratch<T>(kScratchPartial, workers * kd * a.k);
-    parallel_for(workers, [&](int64_t w, int) {
-      T *col = scratch<T>(kScratchCol, piece * a.q * kd), *sum = partial + w * kd * a.k;
-      bool first = true;
-      for (int64_t p = w; p < pieces; p += workers, first = false) {
-        const int64_t r0 = p * piece, r1 = std::min(rows, r0 + piece), px = (r1 - r0) * a.q;
+    parallel_for(workers, [&](int64_t wk, int) {
+      const int64_t begin = dx ? wk * a.n / workers * a.p : wk * rows / workers;
+      const int64_t end = dx ? (wk + 1) * a.n / workers * a.p : (wk + 1) * rows / workers;
+      T *col = scratch<T>(kScratchCol, piece * per_row), *sum = partial + wk * kd * a.k;
+      for (int64_t r0 = begin; r0 < end; r0 += piece) {
+        const int64_t r1 = std::min(end, r0 + piece), px = (r1 - r0) * a.q;
+        const T *dyp = dy + r0 * a.q * a.k;
         im2col_rows(x, r0, r1, col);
-        // Inside a pool task the GEMM runs on this thread alone.
-        gemm<T>(true, false, kd, a.k, px, 1, col, kd, dy + r0 * a.q * a.k, a.k, first ? 0 : 1,
-                sum, a.k);
+        // Inside a pool task the GEMMs run on this thread alone.
+        gemm<T>(true, false, kd, a.k, px, 1, col, kd, dyp, a.k, r0 == begin ? 0 : 1, sum, a.k);
+        if (!dx) continue;
+        gemm<T>(false, false, px, kd, a.k, 1, dyp, a.k, w, kd, 0, col, kd);
+        col2im_add(col, r0, r1, dx);
       }
     });
     sum_parts<T>(workers, kd, a.k, partial, 0, dwt, a.k);
+  }
+
+  // dx += the entries of dcol (output rows [r0, r1)) at the input pixels
+  // they read: a scatter, for a caller that owns these images' dx. An
+  // image's dx is zeroed at its first row, so rows must come in order.
+  void col2im_add(const T *dcol, int64_t r0, int64_t r1, T *dx) const {
+    const int64_t kd = kdim(), image = a.h * a.w * a.c;
+    for (int64_t row = r0; row < r1; row++) {
+      const int64_t img = row / a.p, oy = row % a.p;
+      if (oy == 0) std::fill(dx + img * image, dx + (img + 1) * image, (T)0);
+      for (int64_t ox = 0; ox < a.q; ox++) {
+        const T *src = dcol + ((row - r0) * a.q + ox) * kd;
+        for (int64_t ky = 0; ky < a.r; ky++) {
+          const int64_t iy = oy * a.stride - a.pad + ky;
+          if (iy < 0 || iy >= a.h) continue;
+          for (int64_t kx = 0; kx < a.s; kx++) {
+            const int64_t ix = ox * a.stride - a.pad + kx;
+            if (ix < 0 || ix >= a.w) continue;
+            T *dst = dx + ((img * a.h + iy) * a.w + ix) * a.c;
+            const T *from = src + (ky * a.s + kx) * a.c;
+            for (int64_t ch = 0; ch < a.c; ch++) dst[ch] += from[ch];
+          }
+        }
+      }
+    }
   }
 
   void backward() const {
@@ -329,8 +367,12 @@ struct Conv {
       if (dw) weight_grad(x, dy, a.n * px, true, dwt, dw, transposed);
       if (dx) gemm<T>(false, false, a.n * px, kd, a.k, 1, dy, a.k, w, kd, 0, dx, kd);
     } else {
+      // By pieces (backward_pieces) the input gradient too, when every
+      // worker gets an image of its own.
       const bool pieces = dw && by_pieces(transposed);
-      if (pieces) weight_grad_pieces(x, dy, dwt);
+      const bool dx_pieces = pieces && dx && a.n >= cpu_threads();
+      if (pieces) backward_pieces(x, w, dy, dx_pieces ? dx : nullptr, dwt);
+      if (dx_pieces) dx = nullptr;
       const int64_t ci = chunk_images();
       T *col = (dw && !pieces) || dx ? scratch<T>(kScratchCol, ci * px * kd) : nullptr;
       for (int64_t i0 = 0; col && i0 < a.n; i0 += ci) {
