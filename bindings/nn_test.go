@@ -645,3 +645,73 @@ func TestRowKernelsFloat32(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxPoolTies: where a window holds its largest value more than once
+// (the zeros a ReLU leaves before the ImageNet stem's pool), the gradient
+// goes to the first of them in window order, as the forward pass keeps
+// it; the reference walks each window in that order.
+func TestMaxPoolTies(t *testing.T) {
+	dev := nnDevice(t)
+	const n, h, w, c = 2, 7, 6, 9
+	pool := MaxPool{Kernel: 3, Stride: 2, Pad: 1}
+	p, q := (h+2-3)/2+1, (w+2-3)/2+1
+	r := rand.New(rand.NewPCG(5, 6))
+	x := make([]float64, n*h*w*c)
+	for i := range x {
+		x[i] = float64(r.IntN(3)) // 0, 1 or 2: many ties
+	}
+	dy := make([]float64, n*p*q*c)
+	for i := range dy {
+		dy[i] = float64(float32(r.NormFloat64()))
+	}
+	want := make([]float64, len(x))
+	for i := 0; i < n; i++ {
+		for oy := 0; oy < p; oy++ {
+			for ox := 0; ox < q; ox++ {
+				for ch := 0; ch < c; ch++ {
+					best, arg := math.Inf(-1), -1
+					for ky := 0; ky < 3; ky++ {
+						for kx := 0; kx < 3; kx++ {
+							iy, ix := oy*2-1+ky, ox*2-1+kx
+							if iy < 0 || iy >= h || ix < 0 || ix >= w {
+								continue
+							}
+							j := ((i*h+iy)*w+ix)*c + ch
+							if arg < 0 || x[j] > best {
+								best, arg = x[j], j
+							}
+						}
+					}
+					want[arg] += dy[((i*p+oy)*q+ox)*c+ch]
+				}
+			}
+		}
+	}
+	for _, dt := range []DType{Float32, Float64} {
+		in := func(v []float64, shape ...int) *Tensor {
+			if dt == Float64 {
+				return mustF64(t, dev, v, shape...)
+			}
+			x32, err := dev.FromFloat32(toF32(v), shape...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return x32
+		}
+		tx, tdy := in(x, n, h, w, c), in(dy, n, p, q, c)
+		y, dx := mustNew(t, dev, dt, n, p, q, c), mustNew(t, dev, dt, n, h, w, c)
+		if err := pool.Forward(tx, y); err != nil {
+			t.Fatal(err)
+		}
+		if err := pool.Backward(tx, y, tdy, dx); err != nil {
+			t.Fatal(err)
+		}
+		// Each input sums at most 4 float32 gradients (windows overlap by
+		// one): rounding below 1e-6 of values of order 1.
+		for i, v := range readF64(t, dx) {
+			if math.Abs(v-want[i]) > 1e-6*math.Max(1, math.Abs(want[i])) {
+				t.Fatalf("%v dx[%d] = %g, want %g", dt, i, v, want[i])
+			}
+		}
+	}
+}

@@ -489,6 +489,15 @@ struct RowOps {
       dx[i] = y[i] > (T)0 ? g : (T)0;
     }
   }
+  // The running maximum bv[ch] and its index best[ch] over one more input
+  // src of a pooling window (at index off), a strict > keeping the first.
+  static PV_INLINE void window_max(const T *src, int64_t off, int64_t c, T *bv, int64_t *best) {
+    for (int64_t ch = 0; ch < c; ch++) {
+      const bool gt = src[ch] > bv[ch];
+      bv[ch] = gt ? src[ch] : bv[ch];
+      best[ch] = gt ? off + ch : best[ch];
+    }
+  }
   static PV_INLINE void sum(const T *a, const T *b, int64_t n, T *y) {
     int64_t i = 0;
     for (; i + L <= n; i += L) vstore(y + i, vload<V>(a + i) + vload<V>(b + i));
@@ -517,6 +526,7 @@ PV_ROW_KERNEL(affine)
 PV_ROW_KERNEL(relu)
 PV_ROW_KERNEL(relu_grad)
 PV_ROW_KERNEL(sum)
+PV_ROW_KERNEL(window_max)
 #undef PV_ROW_KERNEL
 
 // ---- batch normalisation ------------------------------------------------
@@ -697,15 +707,22 @@ template <typename T>
 void maxpool_backward(const pv_pool_args &a) {
   const T *x = static_cast<const T *>(a.x_ptr), *dy = static_cast<const T *>(a.dy_ptr);
   T *dx = static_cast<T *>(a.out_ptr);
+  // Per output pixel, the first largest input of each channel's window
+  // (as the forward pass keeps it), found with selects rather than
+  // branches on the data: taken or not at random, the branch made this
+  // pass 26 ms of a ResNet-50 step at batch 8, 12 times the forward's.
   parallel_for(a.n, [&](int64_t img, int) {
-    T *dimg = dx + img * a.h * a.w * a.c;
-    std::fill(dimg, dimg + a.h * a.w * a.c, (T)0);
-    std::vector<int64_t> best(a.c);
-    std::vector<T> bv(a.c);
+    const int64_t image = a.h * a.w * a.c;
+    T *dimg = dx + img * image;
+    const T *ximg = x + img * image;
+    std::fill(dimg, dimg + image, (T)0);
+    std::vector<int64_t> arg(a.c);
+    std::vector<T> val(a.c);
+    int64_t *best = arg.data();
+    T *bv = val.data();
     for (int64_t oy = 0; oy < a.p; oy++)
       for (int64_t ox = 0; ox < a.q; ox++) {
-        std::fill(bv.begin(), bv.end(), -INFINITY);
-        std::fill(best.begin(), best.end(), -1);
+        bool first = true;
         for (int64_t ky = 0; ky < a.kernel; ky++) {
           const int64_t iy = oy * a.stride - a.pad + ky;
           if (iy < 0 || iy >= a.h) continue;
@@ -713,14 +730,18 @@ void maxpool_backward(const pv_pool_args &a) {
             const int64_t ix = ox * a.stride - a.pad + kx;
             if (ix < 0 || ix >= a.w) continue;
             const int64_t off = (iy * a.w + ix) * a.c;
-            const T *src = x + img * a.h * a.w * a.c + off;
-            for (int64_t ch = 0; ch < a.c; ch++)
-              if (best[ch] < 0 || src[ch] > bv[ch]) bv[ch] = src[ch], best[ch] = off + ch;
+            const T *src = ximg + off;
+            if (first) {
+              for (int64_t ch = 0; ch < a.c; ch++) bv[ch] = src[ch], best[ch] = off + ch;
+              first = false;
+              continue;
+            }
+            row_window_max<T>(src, off, a.c, bv, best);
           }
         }
+        if (first) continue;  // a window wholly in the padding
         const T *g = dy + ((img * a.p + oy) * a.q + ox) * a.c;
-        for (int64_t ch = 0; ch < a.c; ch++)
-          if (best[ch] >= 0) dimg[best[ch]] += g[ch];
+        for (int64_t ch = 0; ch < a.c; ch++) dimg[best[ch]] += g[ch];
       }
   });
 }
