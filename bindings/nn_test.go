@@ -337,7 +337,10 @@ func toF32(v []float64) []float32 {
 }
 
 // TestConvFloat32 runs the float32 convolution against the definition on
-// shapes whose GEMM has ragged edges in every dimension. Inputs are
+// shapes whose GEMM has ragged edges in every dimension, by im2col (the
+// first four: a segment of S C = 63 values, a 1x1, a 3-channel stem,
+// stride 2) and with rows gathered from the padded input (the rest:
+// padding 0 to 2, 3x3 and 5x5, a depth of 2700). Inputs are
 // float32-exact, so the only error is float32 accumulation over R S C
 // terms: about sqrt(RSC) * 6e-8 * |terms| ~ 1e-5 at these sizes; 1e-4
 // relative to the output's scale leaves margin.
@@ -352,6 +355,11 @@ func TestConvFloat32(t *testing.T) {
 		{[]int{2, 16, 16, 64}, []int{130, 1, 1, 64}, 1, 0},
 		{[]int{2, 15, 15, 3}, []int{17, 7, 7, 3}, 2, 3},
 		{[]int{2, 8, 8, 300}, []int{19, 3, 3, 300}, 2, 1},
+		{[]int{3, 11, 9, 22}, []int{37, 3, 3, 22}, 1, 1},
+		{[]int{2, 12, 10, 32}, []int{20, 5, 5, 32}, 1, 2},
+		{[]int{2, 6, 6, 300}, []int{19, 3, 3, 300}, 1, 1},
+		{[]int{2, 9, 9, 64}, []int{24, 3, 3, 64}, 1, 0},
+		{[]int{4, 16, 16, 64}, []int{64, 3, 3, 64}, 1, 1},
 	} {
 		x := randSlice(r, numel(tc.xs))
 		w := randSlice(r, numel(tc.ws))

@@ -17,6 +17,28 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
           int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc);
 
+// op(A) given row by row, as an implicit convolution reads its input:
+// rows(ctx, i0, count, d, out) sets out[r] for the rows i = i0 + r,
+// r < count, so that op(A)[i][d + t] = out[r][t] for every t with d + t
+// in the same segment of depths as d ([s * segment, (s + 1) * segment)).
+// The rows need not be evenly spaced.
+template <typename T>
+struct GemmRows {
+  void (*rows)(const void *ctx, int64_t i0, int64_t count, int64_t depth, const T **out);
+  const void *ctx;
+  int64_t segment;
+};
+
+// C = op(A) op(B) (alpha 1, beta 0) with op(A) from rows, never
+// materialised: the micro-kernel reads each sliver's rows where they lie.
+// Only where gemm_rows_fits(m, n, k): B packs whole. The depth is never
+// split across threads. Results do not depend on the thread count.
+template <typename T>
+bool gemm_rows_fits(int64_t m, int64_t n, int64_t k);
+template <typename T>
+void gemm_rows(const GemmRows<T> &a, bool trans_b, int64_t m, int64_t n, int64_t k, const T *b,
+               int64_t ldb, T *c, int64_t ldc);
+
 // Scratch memory for one use (slot) on the calling thread, grown as needed
 // and kept for the thread's life, so that the large temporaries of a
 // training step (im2col matrices, packed GEMM blocks) are not mapped and
@@ -41,15 +63,15 @@ T *scratch(ScratchSlot slot, int64_t n) {
   return static_cast<T *>(scratch_bytes(slot, n * (int64_t)sizeof(T)));
 }
 
-// The calling thread's float32 multiply-add throughput in GFLOP/s (an FMA
-// counts as 2), measured with register-resident chains on the widest unit
-// the kernels use (about 50 ms): pv_cpu_fma_peak sums it over threads.
 // c [m][n] (row stride ldc) = beta c + the sum of parts partial products
 // partial [parts][m][n], added in part order whatever the thread count.
 template <typename T>
 void sum_parts(int64_t parts, int64_t m, int64_t n, const T *partial, T beta, T *c,
                int64_t ldc);
 
+// The calling thread's float32 multiply-add throughput in GFLOP/s (an FMA
+// counts as 2), measured with register-resident chains on the widest unit
+// the kernels use (about 50 ms): pv_cpu_fma_peak sums it over threads.
 double cpu_fma_peak_gflops();
 
 }  // namespace pv

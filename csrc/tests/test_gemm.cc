@@ -7,7 +7,8 @@
 // over one 256-deep slice, a transposed A with few and many B slivers (read
 // in place, or packed a vector per depth), the split-k path (depth much
 // larger than the output), strides wider than the rows, alpha and beta,
-// and 1, 2 and 3 threads.
+// and 1, 2 and 3 threads; and gemm_rows, whose A rows are gathered
+// segment by segment.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -81,6 +82,69 @@ long check(const Shape &s, T alpha, T beta, std::mt19937 &rng) {
   return bad;
 }
 
+// gemm_rows: op(A) gathered from rows stored out of order, each segment
+// of a row in its own place (as an implicit convolution's input rows lie),
+// checked against the same float64 sums.
+struct Gathered {
+  const void *store;
+  int64_t m, seg;
+  std::vector<int64_t> perm;
+};
+
+template <typename T>
+const T *gathered_row(const void *ctx, int64_t i, int64_t d) {
+  const Gathered &g = *static_cast<const Gathered *>(ctx);
+  const T *base = static_cast<const T *>(g.store);
+  return base + ((d / g.seg) * g.m + g.perm[(size_t)i]) * (g.seg + 2) + d % g.seg;
+}
+
+template <typename T>
+void gathered_rows(const void *ctx, int64_t i0, int64_t count, int64_t d, const T **out) {
+  for (int64_t r = 0; r < count; r++) out[r] = gathered_row<T>(ctx, i0 + r, d);
+}
+
+template <typename T>
+long check_rows(int64_t m, int64_t n, int64_t k, int64_t seg, bool tb, std::mt19937 &rng) {
+  std::uniform_real_distribution<double> u(-1, 1);
+  const int64_t segs = (k + seg - 1) / seg, ldb = (tb ? k : n) + 3, ldc = n + 1;
+  Gathered g{nullptr, m, seg, std::vector<int64_t>((size_t)m)};
+  for (int64_t i = 0; i < m; i++) g.perm[(size_t)i] = (i * 7 + 3) % m;  // m not a multiple of 7
+  std::vector<T> store((size_t)(segs * m * (seg + 2))), b((size_t)((tb ? n : k) * ldb));
+  std::vector<T> c((size_t)(m * ldc), (T)-7);
+  for (T &v : store) v = (T)u(rng);
+  for (T &v : b) v = (T)u(rng);
+  g.store = store.data();
+  const pv::GemmRows<T> rows{gathered_rows<T>, &g, seg};
+  if (!pv::gemm_rows_fits<T>(m, n, k)) {
+    std::printf("  gemm_rows m=%ld n=%ld k=%ld: does not fit\n", (long)m, (long)n, (long)k);
+    return 1;
+  }
+  pv::gemm_rows<T>(rows, tb, m, n, k, b.data(), ldb, c.data(), ldc);
+  long bad = 0;
+  for (int64_t i = 0; i < m; i++) {
+    if (c[(size_t)(i * ldc + n)] != (T)-7) bad++;  // past the columns: untouched
+    for (int64_t j = 0; j < n; j++) {
+      double want = 0, mag = 0;
+      for (int64_t p = 0; p < k; p++) {
+        const double x = gathered_row<T>(&g, i, p)[0];
+        const double y = tb ? b[(size_t)(j * ldb + p)] : b[(size_t)(p * ldb + j)];
+        want += x * y;
+        mag += std::fabs(x * y);
+      }
+      const double got = c[(size_t)(i * ldc + j)];
+      // As for gemm (check).
+      if (!(std::fabs(got - want) <= (sizeof(T) == 4 ? 2e-5 : 1e-13) * (mag + 1e-30))) {
+        if (bad == 0)
+          std::printf("  gemm_rows %s m=%ld n=%ld k=%ld segment=%ld: c[%ld][%ld] = %.9g, "
+                      "want %.9g\n", sizeof(T) == 4 ? "float" : "double", (long)m, (long)n,
+                      (long)k, (long)seg, (long)i, (long)j, got, want);
+        bad++;
+      }
+    }
+  }
+  return bad;
+}
+
 }  // namespace
 
 int main() {
@@ -107,6 +171,14 @@ int main() {
       bad += check<float>(s, 2.0f, 0.25f, rng);
       if (threads == 2) bad += check<double>(s, 1.5, 0.5, rng);
     }
+    // Segments of whole slices, ragged ones (100 deep against slices
+    // rounded to 8, a last segment cut short by k), segments deeper than
+    // one slice, partial slivers, more than one column group.
+    bad += check_rows<float>(121, 130, 576, 192, true, rng);
+    bad += check_rows<float>(50, 33, 300, 100, true, rng);
+    bad += check_rows<float>(37, 64, 250, 96, false, rng);
+    bad += check_rows<float>(45, 20, 1000, 500, true, rng);
+    if (threads == 2) bad += check_rows<double>(37, 40, 250, 96, true, rng);
   }
   if (bad) {
     std::printf("gemm: %ld elements wrong\n", bad);
