@@ -430,7 +430,10 @@ func TestNNErrors(t *testing.T) {
 // one image, whose input gradient goes by chunks while its weight
 // gradient goes by pieces; and a weight gradient over 1 MiB, by chunks
 // (3 images of 24x24 x 1440: two a chunk, the second adding to the
-// first).
+// first). At stride 1 with K S >= 64 and weights up to 1 MiB the input
+// gradient is a convolution of dy with the flipped kernel, rows gathered
+// (the 5-image batch, and two more without padding and with a 5x5
+// kernel).
 // Tolerance: float32 sums of up to 5120 products of values below 1 in
 // magnitude; their rounding error stays under 1e-4 of the largest entry.
 func TestConvBackwardFloat32(t *testing.T) {
@@ -454,6 +457,8 @@ func TestConvBackwardFloat32(t *testing.T) {
 		{[]int{2, 10, 11, 6}, []int{5, 5, 5, 6}, 1, 1},
 		{[]int{1, 12, 12, 8}, []int{16, 3, 3, 8}, 1, 1},
 		{[]int{3, 24, 24, 160}, []int{200, 3, 3, 160}, 1, 1},
+		{[]int{2, 9, 8, 5}, []int{30, 3, 3, 5}, 1, 0},
+		{[]int{2, 10, 11, 6}, []int{20, 5, 5, 6}, 1, 2},
 	} {
 		n, h, wd, c := tc.xs[0], tc.xs[1], tc.xs[2], tc.xs[3]
 		k, rr, ss := tc.ws[0], tc.ws[1], tc.ws[2]

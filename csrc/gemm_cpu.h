@@ -55,6 +55,7 @@ enum ScratchSlot {
   kScratchPackB,
   kScratchSplitK,
   kScratchPartial,
+  kScratchFlipped,
   kScratchSlots
 };
 void *scratch_bytes(ScratchSlot slot, int64_t bytes);
