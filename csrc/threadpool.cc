@@ -186,6 +186,8 @@ int cpu_threads() {
 
 void set_cpu_threads(int n) { g_threads.store(n > 0 ? n : 0); }
 
+bool in_parallel_task() { return t_in_pool; }
+
 void parallel_for(int64_t tasks, const std::function<void(int64_t, int)> &fn) {
   if (tasks <= 0) return;
   int workers = cpu_threads();

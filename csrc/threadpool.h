@@ -18,6 +18,10 @@ void set_cpu_threads(int n);
 // call from inside fn runs its tasks inline on that worker (worker 0).
 void parallel_for(int64_t tasks, const std::function<void(int64_t task, int worker)> &fn);
 
+// Whether the calling thread is running a parallel_for task, where a
+// nested parallel_for runs inline.
+bool in_parallel_task();
+
 }  // namespace pv
 
 #endif  // POLYVIEW_THREADPOOL_H
