@@ -8,8 +8,10 @@
 // column matrix, an output gradient) is not packed: the micro-kernel reads
 // each sliver's MR rows in place while B's column group sits in L2. A
 // transposed A (weight gradients) is packed per A block and depth slice,
-// or read in place when the task has few B slivers. Depth is cut into
-// equal slices (slice_depth). One template compiles three times and the
+// or read in place when the task has few B slivers. gemm_rows takes A as
+// row pointers instead (an implicit convolution's input rows), read in
+// place the same way, each slice within one segment of them. Depth is cut
+// into equal slices (slice_depth). One template compiles three times and the
 // widest the processor runs is chosen at run time (cpu_simd_level):
 // AVX-512 with 8 x 32 float tiles (16 of the 32 zmm registers, twice the
 // work per FMA of AVX2), AVX2+FMA with 6 x 16 tiles (12 of the 16 ymm

@@ -9,6 +9,10 @@
 // images at a time, at most kColBytes, so memory stays bounded at 224 px
 // and the chunk stays in cache between im2col and the GEMM.
 // 1x1 stride-1 convolutions skip im2col: x already is the column matrix.
+// Other stride-1 convolutions skip it too where the GEMM can gather its
+// rows from a zero-padded copy of x (forward_gathered), and so, as the
+// convolution of dy with the flipped kernel, does their input gradient
+// where the weights are small (dx_gathered).
 // The input gradient goes the other way, dcol = dy w, then a gather
 // (col2im) that sums, for each input pixel, the columns that read it;
 // gathering rather than scattering lets threads own disjoint outputs.
