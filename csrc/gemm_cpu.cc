@@ -107,6 +107,7 @@ struct Job {
   int64_t col_chunk;  // columns per chunk, a multiple of NR
   const GemmRows<T> *rows;  // gathered rows of A (gemm_rows), else null
   int64_t seg;              // rows->segment, else 0: slices end at segment ends
+  bool ct;                  // c holds C^T [n][ldc] (gemm_ct)
 };
 
 // The depth of the slice that starts at pc: kcs, cut at the end of k and,
@@ -236,12 +237,25 @@ PV_INLINE void pack_b_sliver(const Job<T> &j, int64_t p, int64_t pc, int64_t kc)
 }
 
 // c[rows][cols] = alpha * acc + beta * c for one MR x NR micro-tile of
-// accumulators; beta == 0 never reads c.
-template <typename T, typename S>
+// accumulators; beta == 0 never reads c. With CT, c holds the tile
+// transposed: element (i, jj) at c[jj * ldc + i].
+template <typename T, typename S, bool CT = false>
 PV_INLINE void store_tile(const typename S::V (&acc)[S::MR][2], T alpha, T beta, T *c,
                           int64_t ldc, int rows, int cols) {
   typedef typename S::V V;
   constexpr int L = S::L, NR = S::NR, MR = S::MR;
+  if (CT) {
+    T tmp[MR * NR];
+    for (int i = 0; i < MR; i++)
+      for (int v = 0; v < 2; v++) vstore(tmp + i * NR + v * L, acc[i][v]);
+    for (int jj = 0; jj < cols; jj++)
+      for (int i = 0; i < rows; i++) {
+        T r = alpha * tmp[i * NR + jj];
+        if (beta != (T)0) r += beta * c[jj * ldc + i];
+        c[jj * ldc + i] = r;
+      }
+    return;
+  }
   if (rows == MR && cols == NR) {
     for (int i = 0; i < MR; i++)
       for (int v = 0; v < 2; v++) {
@@ -266,7 +280,7 @@ PV_INLINE void store_tile(const typename S::V (&acc)[S::MR][2], T alpha, T beta,
 // The MR values of A for depth kk are at ap + kk * lda: lda is MR for a
 // packed sliver and the row stride for transposed A read in place. With
 // Rows, A is row-major in place: value i of depth kk at ap[i * lda + kk].
-template <typename T, typename S, bool Rows = false, bool Strided = false>
+template <typename T, typename S, bool Rows = false, bool Strided = false, bool CT = false>
 PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T alpha,
                             T beta, T *c, int64_t ldc, int rows, int cols) {
   typedef typename S::V V;
@@ -287,7 +301,7 @@ PV_INLINE void micro_kernel(int64_t kc, const T *ap, int64_t lda, const T *bp, T
     ap += Rows ? 1 : lda;
     bp += NR;
   }
-  store_tile<T, S>(acc, alpha, beta, c, ldc, rows, cols);
+  store_tile<T, S, CT>(acc, alpha, beta, c, ldc, rows, cols);
 }
 
 // micro_kernel for a full sliver of gathered rows (gemm_rows), alpha 1:
@@ -360,6 +374,23 @@ PV_INLINE void block_rows_in_place(const Job<T> &j, int64_t i0, int64_t mc, int6
   }
 }
 
+// One micro-tile of block_task: A sliver ir of the block at i0 (read in
+// place below full, else packed at ap), B sliver at bp; C, or with CT
+// C^T, from j.c.
+template <typename T, typename S, bool CT>
+PV_INLINE void ta_tile(const Job<T> &j, int64_t pc, int64_t kc, int64_t i0, int64_t ir,
+                       int64_t full, const T *ap, const T *bp, T beta, int rows, int cols,
+                       int64_t jr) {
+  constexpr int MR = S::MR;
+  T *cp = CT ? j.c + (j.jc + jr) * j.ldc + i0 + ir : j.c + (i0 + ir) * j.ldc + j.jc + jr;
+  if (ir < full)
+    micro_kernel<T, S, false, true, CT>(kc, j.a + pc * j.lda + i0 + ir, j.lda, bp, j.alpha, beta,
+                                        cp, j.ldc, rows, cols);
+  else
+    micro_kernel<T, S, false, false, CT>(kc, ap + (ir - full) * kc, MR, bp, j.alpha, beta, cp,
+                                         j.ldc, rows, cols);
+}
+
 // One task: an A block times a column chunk over the pass's depth range.
 // When B packed for the whole depth is small (see gemm_impl) the range is
 // all of k, so the pool syncs once per column block rather than twice per
@@ -398,14 +429,11 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
       const T *bp = bblk + jr * kc;
       const int cols = (int)std::min<int64_t>(NR, j.nc - jr);
       for (int64_t ir = 0; ir < mc; ir += MR) {
-        T *cp = j.c + (i0 + ir) * j.ldc + j.jc + jr;
         const int rows = (int)std::min<int64_t>(MR, mc - ir);
-        if (ir < full)
-          micro_kernel<T, S, false, true>(kc, j.a + pc * j.lda + i0 + ir, j.lda, bp, j.alpha,
-                                          beta, cp, j.ldc, rows, cols);
+        if (j.ct)
+          ta_tile<T, S, true>(j, pc, kc, i0, ir, full, ap, bp, beta, rows, cols, jr);
         else
-          micro_kernel<T, S>(kc, ap + (ir - full) * kc, MR, bp, j.alpha, beta, cp, j.ldc,
-                             rows, cols);
+          ta_tile<T, S, false>(j, pc, kc, i0, ir, full, ap, bp, beta, rows, cols, jr);
       }
     }
   }
@@ -507,11 +535,21 @@ void *scratch_bytes(ScratchSlot slot, int64_t bytes) {
 template <typename T>
 void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
                int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split,
-               const GemmRows<T> *rows = nullptr);
+               const GemmRows<T> *rows = nullptr, bool ct = false);
 
 template <typename T>
 void sum_parts(int64_t parts, int64_t m, int64_t n, const T *partial, T beta, T *c,
-               int64_t ldc) {
+               int64_t ldc, bool transposed) {
+  if (transposed) {  // c[jj][i]: a thread per row of c^T, written in sequence
+    parallel_for(n, [&](int64_t jj, int) {
+      for (int64_t i = 0; i < m; i++) {
+        T acc = beta == (T)0 ? (T)0 : beta * c[jj * ldc + i];
+        for (int64_t p = 0; p < parts; p++) acc += partial[(p * m + i) * n + jj];
+        c[jj * ldc + i] = acc;
+      }
+    });
+    return;
+  }
   parallel_for(m, [&](int64_t i, int) {
     for (int64_t jj = 0; jj < n; jj++) {
       T acc = beta == (T)0 ? (T)0 : beta * c[i * ldc + jj];
@@ -520,9 +558,10 @@ void sum_parts(int64_t parts, int64_t m, int64_t n, const T *partial, T beta, T 
     }
   });
 }
-template void sum_parts<float>(int64_t, int64_t, int64_t, const float *, float, float *, int64_t);
+template void sum_parts<float>(int64_t, int64_t, int64_t, const float *, float, float *, int64_t,
+                               bool);
 template void sum_parts<double>(int64_t, int64_t, int64_t, const double *, double, double *,
-                                int64_t);
+                                int64_t, bool);
 
 // Split-k: when the depth dwarfs the output (a weight gradient, where k
 // is every pixel of the batch and C is only K x RSC), blocking over C
@@ -535,7 +574,7 @@ bool split_k_wanted(int64_t m, int64_t n, int64_t k) {
 
 template <typename T>
 bool gemm_split_k(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
-                  int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
+                  int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool ct) {
   const int64_t workers = cpu_threads();
   if (!split_k_wanted(m, n, k)) return false;
   const int64_t parts = std::min(workers, k / kKC);
@@ -553,22 +592,23 @@ bool gemm_split_k(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, co
     // Inside a pool task the inner parallel_for calls run inline.
     gemm_impl<T>(ta, tb, m, n, kn, alpha, ap, lda, bp, ldb, 0, dst, n, false);
   });
-  sum_parts(parts, m, n, partial, beta, c, ldc);
+  sum_parts(parts, m, n, partial, beta, c, ldc, ct);
   return true;
 }
 
 template <typename T>
 void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
                int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc, bool split,
-               const GemmRows<T> *rows) {
+               const GemmRows<T> *rows, bool ct) {
   const Kernels<T> &kern = kernels<T>();
   const int64_t NR = kern.nr;
   if (m <= 0 || n <= 0) return;
+  if (ct && !ta) throw std::invalid_argument("gemm_ct: a transposed A only");
   if (k <= 0 || alpha == (T)0) {
-    scale_c(m, n, beta, c, ldc);
+    scale_c(ct ? n : m, ct ? m : n, beta, c, ldc);
     return;
   }
-  if (split && gemm_split_k(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
+  if (split && gemm_split_k(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ct)) return;
   const int workers = cpu_threads();
   // Whole-depth passes when B packed for all of k fits kWholeDepthBytes
   // (convolution forward and input gradients: B is the weights), else
@@ -593,7 +633,7 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   T *bpack = scratch<T>(kScratchPackB, std::min(k, depth) * nc_blk);
   T *apack = scratch<T>(kScratchPackA, workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
-           0, 0, kcs, 0, 0, 0, bpack, apack, 1, 0, rows, rows ? rows->segment : 0};
+           0, 0, kcs, 0, 0, 0, bpack, apack, 1, 0, rows, rows ? rows->segment : 0, ct};
   std::vector<int64_t> starts;  // the pass's slices
   const int64_t mblocks = ceil_div(m, kMC);
   for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
@@ -629,6 +669,12 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a
 }
 
 template <typename T>
+void gemm_ct(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T *a, int64_t lda,
+             const T *b, int64_t ldb, T beta, T *ct, int64_t ldct) {
+  gemm_impl<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, ct, ldct, true, nullptr, true);
+}
+
+template <typename T>
 bool gemm_rows_fits(int64_t m, int64_t n, int64_t k) {
   const int64_t n_up = ceil_div(n, kernels<T>().nr) * kernels<T>().nr;
   return m > 0 && n > 0 && k > 0 && k * n_up * (int64_t)sizeof(T) <= kWholeDepthBytes;
@@ -651,6 +697,10 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
                           const float *, int64_t, float, float *, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double *,
                            int64_t, const double *, int64_t, double, double *, int64_t);
+template void gemm_ct<float>(bool, bool, int64_t, int64_t, int64_t, float, const float *,
+                             int64_t, const float *, int64_t, float, float *, int64_t);
+template void gemm_ct<double>(bool, bool, int64_t, int64_t, int64_t, double, const double *,
+                              int64_t, const double *, int64_t, double, double *, int64_t);
 template bool gemm_rows_fits<float>(int64_t, int64_t, int64_t);
 template bool gemm_rows_fits<double>(int64_t, int64_t, int64_t);
 template void gemm_rows<float>(const GemmRows<float> &, bool, int64_t, int64_t, int64_t,

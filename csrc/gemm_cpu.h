@@ -17,6 +17,14 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
           int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc);
 
+// gemm with C stored transposed: C^T [n][ldct] = alpha op(A) op(B) + beta
+// C^T, each micro-tile written transposed as it is stored, so that a
+// weight gradient summed as R S C x K lands in the weights' K x R S C
+// layout without a transpose pass. trans_a only (throws otherwise).
+template <typename T>
+void gemm_ct(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
+             int64_t lda, const T *b, int64_t ldb, T beta, T *ct, int64_t ldct);
+
 // op(A) given row by row, as an implicit convolution reads its input:
 // rows(ctx, i0, count, d, out) sets out[r] for the rows i = i0 + r,
 // r < count, so that op(A)[i][d + t] = out[r][t] for every t with d + t
@@ -50,7 +58,6 @@ void gemm_rows(const GemmRows<T> &a, bool trans_b, int64_t m, int64_t n, int64_t
 // counted by pv_device_memory. Throws std::bad_alloc like CpuBuffer.
 enum ScratchSlot {
   kScratchCol,
-  kScratchWeightGrad,
   kScratchPackA,
   kScratchPackB,
   kScratchSplitK,
@@ -65,10 +72,11 @@ T *scratch(ScratchSlot slot, int64_t n) {
 }
 
 // c [m][n] (row stride ldc) = beta c + the sum of parts partial products
-// partial [parts][m][n], added in part order whatever the thread count.
+// partial [parts][m][n], added in part order whatever the thread count;
+// transposed, c is [n][m] and receives the sum's transpose.
 template <typename T>
 void sum_parts(int64_t parts, int64_t m, int64_t n, const T *partial, T beta, T *c,
-               int64_t ldc);
+               int64_t ldc, bool transposed = false);
 
 // The calling thread's float32 multiply-add throughput in GFLOP/s (an FMA
 // counts as 2), measured with register-resident chains on the widest unit

@@ -84,13 +84,13 @@ inline void copy_run(T *dst, const T *src, int64_t n) {
   for (int64_t i = 0; i < n; i++) dst[i] = src[i];
 }
 
-// dst [cols][rows] = src [rows][cols]^T, in bands of kBand rows, threads
-// taking bands. Float on AVX2 machines moves 8 x 8 blocks through
-// registers (transpose8_avx2), down the band for each group of 8 columns,
-// so that each destination row is written as a run of kBand values and
-// the band's source rows stay in L1 across the groups. Element by element
-// it was 1.8% of a ResNet-18 step, 3.5 ms for 4608 x 512 (9.4 MB; a copy
-// of that size takes 0.33 ms): 2.5 times faster in blocks.
+// dst [cols][rows] = src [rows][cols]^T (the kernel flip of dx_gathered),
+// in bands of kBand rows, threads taking bands. Float on AVX2 machines
+// moves 8 x 8 blocks through registers (transpose8_avx2), down the band
+// for each group of 8 columns, so that each destination row is written as
+// a run of kBand values and the band's source rows stay in L1 across the
+// groups. Element by element, 4608 x 512 took 3.5 ms (9.4 MB; a copy of
+// that size takes 0.33 ms): 2.5 times faster in blocks.
 constexpr int64_t kBand = 256;
 
 template <typename T>
@@ -362,16 +362,17 @@ struct Conv {
   // dy^T col. The GEMM runs fastest with the larger of K and R S C as its
   // rows (m): its A side is read in place or packed in cache per task,
   // while B is packed whole first. So when R S C >= K (every 3x3 layer,
-  // the 1x1 reductions) it is summed transposed, dwt [R S C][K] += col^T
-  // dy, and transposed into dw at the end (5-18% faster on ResNet shapes);
-  // also when R S C is below one micro-tile (a first layer, 9 or 27),
-  // where that measured faster too.
-  void weight_grad(const T *col, const T *dyc, int64_t rows, bool first, T *dwt, T *dw,
+  // the 1x1 reductions) it is summed transposed, as col^T dy [R S C][K]
+  // (5-18% faster on ResNet shapes), each micro-tile stored transposed
+  // into dw (gemm_ct; a transpose pass afterwards took 2% of a ResNet-18
+  // step); also when R S C is below one micro-tile (a first layer, 9 or
+  // 27), where that measured faster too.
+  void weight_grad(const T *col, const T *dyc, int64_t rows, bool first, T *dw,
                    bool transposed) const {
     const int64_t kd = kdim();
     const T beta = first ? 0 : 1;
     if (transposed)
-      gemm<T>(true, false, kd, a.k, rows, 1, col, kd, dyc, a.k, beta, dwt, a.k);
+      gemm_ct<T>(true, false, kd, a.k, rows, 1, col, kd, dyc, a.k, beta, dw, kd);
     else
       gemm<T>(true, false, a.k, kd, rows, 1, dyc, a.k, col, kd, beta, dw, kd);
   }
@@ -387,7 +388,7 @@ struct Conv {
   }
   static constexpr int64_t kMinPieceRows = 256;
 
-  // dwt [R S C][K] = col^T dy with the work split by output rows (row =
+  // dw [K][R S C] = (col^T dy)^T with the work split by output rows (row =
   // image * P + oy): each worker takes a contiguous range of rows, in
   // pieces whose column matrix is about piece_bytes() (its own L2), builds
   // each piece's col and adds col^T dy into its own partial sum; the
@@ -401,7 +402,7 @@ struct Conv {
   // (col2im_add): the worker owns those images' dx, and dcol and dx stay
   // in its L2, where the chunked path wrote dcol to L3 and gathered it
   // back (col2im).
-  void backward_pieces(const T *x, const T *w, const T *dy, T *dx, T *dwt) const {
+  void backward_pieces(const T *x, const T *w, const T *dy, T *dx, T *dw) const {
     const int64_t kd = kdim(), per_row = a.q * kd, rows = a.n * a.p;
     const int64_t piece = std::max<int64_t>(1, piece_bytes() / (per_row * (int64_t)sizeof(T)));
     const int64_t units = dx ? a.n : (rows + piece - 1) / piece;
@@ -422,7 +423,7 @@ struct Conv {
         col2im_add(col, r0, r1, dx);
       }
     });
-    sum_parts<T>(workers, kd, a.k, partial, 0, dwt, a.k);
+    sum_parts<T>(workers, kd, a.k, partial, 0, dw, kd, true);
   }
 
   // dx += the entries of dcol (output rows [r0, r1)) at the input pixels
@@ -480,9 +481,8 @@ struct Conv {
     T *dx = static_cast<T *>(a.dx_ptr), *dw = static_cast<T *>(a.dw_ptr);
     const int64_t kd = kdim(), px = pixels();
     const bool transposed = kd >= a.k || kd < 16;
-    T *dwt = dw && transposed ? scratch<T>(kScratchWeightGrad, kd * a.k) : nullptr;
     if (pointwise()) {
-      if (dw) weight_grad(x, dy, a.n * px, true, dwt, dw, transposed);
+      if (dw) weight_grad(x, dy, a.n * px, true, dw, transposed);
       if (dx) gemm<T>(false, false, a.n * px, kd, a.k, 1, dy, a.k, w, kd, 0, dx, kd);
     } else {
       pv_conv2d_args flipped;
@@ -496,7 +496,7 @@ struct Conv {
       // worker gets an image of its own.
       const bool pieces = dw && by_pieces(transposed);
       const bool dx_pieces = pieces && dx && a.n >= cpu_threads();
-      if (pieces) backward_pieces(x, w, dy, dx_pieces ? dx : nullptr, dwt);
+      if (pieces) backward_pieces(x, w, dy, dx_pieces ? dx : nullptr, dw);
       if (dx_pieces) dx = nullptr;
       const int64_t ci = chunk_images();
       T *col = (dw && !pieces) || dx ? scratch<T>(kScratchCol, ci * px * kd) : nullptr;
@@ -505,7 +505,7 @@ struct Conv {
         const T *dyc = dy + i0 * px * a.k;
         if (dw && !pieces) {
           im2col(x, i0, ni, col);
-          weight_grad(col, dyc, ni * px, i0 == 0, dwt, dw, transposed);
+          weight_grad(col, dyc, ni * px, i0 == 0, dw, transposed);
         }
         if (dx) {
           gemm<T>(false, false, ni * px, kd, a.k, 1, dyc, a.k, w, kd, 0, col, kd);
@@ -513,7 +513,6 @@ struct Conv {
         }
       }
     }
-    if (dwt) transpose(dwt, kd, a.k, a.k, dw, kd);
   }
 };
 

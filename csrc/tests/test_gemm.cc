@@ -7,8 +7,8 @@
 // over one 256-deep slice, a transposed A with few and many B slivers (read
 // in place, or packed a vector per depth), the split-k path (depth much
 // larger than the output), strides wider than the rows, alpha and beta,
-// and 1, 2 and 3 threads; and gemm_rows, whose A rows are gathered
-// segment by segment.
+// and 1, 2 and 3 threads; gemm_rows, whose A rows are gathered segment
+// by segment; and gemm_ct, which stores C transposed.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +79,49 @@ long check(const Shape &s, T alpha, T beta, std::mt19937 &rng) {
       }
     }
   }
+  return bad;
+}
+
+// gemm_ct: the same product stored transposed, C^T [n][ldct], beta
+// included, and the columns of C^T past m left alone.
+template <typename T>
+long check_ct(const Shape &s, T alpha, T beta, std::mt19937 &rng) {
+  std::uniform_real_distribution<double> u(-1, 1);
+  const int64_t lda = s.m + 3, ldb = (s.tb ? s.k : s.n) + 3, ldct = s.m + 2;
+  std::vector<T> a((size_t)(s.k * lda)), b((size_t)((s.tb ? s.n : s.k) * ldb));
+  std::vector<T> ct((size_t)(s.n * ldct));
+  for (T &v : a) v = (T)u(rng);
+  for (T &v : b) v = (T)u(rng);
+  for (T &v : ct) v = (T)u(rng);
+  const std::vector<T> ct0 = ct;
+  pv::gemm_ct<T>(true, s.tb, s.m, s.n, s.k, alpha, a.data(), lda, b.data(), ldb, beta,
+                 ct.data(), ldct);
+  long bad = 0;
+  for (int64_t j = 0; j < s.n; j++)
+    for (int64_t i = 0; i < ldct; i++) {
+      const T got = ct[(size_t)(j * ldct + i)];
+      if (i >= s.m) {
+        if (got != ct0[(size_t)(j * ldct + i)]) bad++;
+        continue;
+      }
+      double want = 0, mag = 0;
+      for (int64_t p = 0; p < s.k; p++) {
+        const double x = a[(size_t)(p * lda + i)];
+        const double y = s.tb ? b[(size_t)(j * ldb + p)] : b[(size_t)(p * ldb + j)];
+        want += x * y;
+        mag += std::fabs(x * y);
+      }
+      want = alpha * want + beta * (double)ct0[(size_t)(j * ldct + i)];
+      mag = std::fabs((double)alpha) * mag + std::fabs(beta * (double)ct0[(size_t)(j * ldct + i)]);
+      // As for gemm (check).
+      if (!(std::fabs(got - want) <= (sizeof(T) == 4 ? 2e-5 : 1e-13) * (mag + 1e-30))) {
+        if (bad == 0)
+          std::printf("  gemm_ct %s m=%ld n=%ld k=%ld: ct[%ld][%ld] = %.9g, want %.9g\n",
+                      sizeof(T) == 4 ? "float" : "double", (long)s.m, (long)s.n, (long)s.k,
+                      (long)j, (long)i, (double)got, want);
+        bad++;
+      }
+    }
   return bad;
 }
 
@@ -179,6 +222,14 @@ int main() {
     bad += check_rows<float>(37, 64, 250, 96, false, rng);
     bad += check_rows<float>(45, 20, 1000, 500, true, rng);
     if (threads == 2) bad += check_rows<double>(37, 40, 250, 96, true, rng);
+    // Stored transposed: A in place and packed, ragged edges, split-k.
+    for (const Shape &s : {Shape{true, false, 37, 64, 500}, Shape{true, false, 130, 128, 300},
+                           Shape{true, false, 61, 300, 100}, Shape{true, false, 9, 32, 4100},
+                           Shape{true, true, 45, 50, 70}}) {
+      bad += check_ct<float>(s, 1.0f, 0.0f, rng);
+      bad += check_ct<float>(s, 0.5f, 1.0f, rng);
+      if (threads == 2) bad += check_ct<double>(s, 1.5, 0.5, rng);
+    }
   }
   if (bad) {
     std::printf("gemm: %ld elements wrong\n", bad);
