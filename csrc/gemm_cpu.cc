@@ -244,19 +244,7 @@ PV_INLINE void store_tile(const typename S::V (&acc)[S::MR][2], T alpha, T beta,
                           int64_t ldc, int rows, int cols) {
   typedef typename S::V V;
   constexpr int L = S::L, NR = S::NR, MR = S::MR;
-  if (CT) {
-    T tmp[MR * NR];
-    for (int i = 0; i < MR; i++)
-      for (int v = 0; v < 2; v++) vstore(tmp + i * NR + v * L, acc[i][v]);
-    for (int jj = 0; jj < cols; jj++)
-      for (int i = 0; i < rows; i++) {
-        T r = alpha * tmp[i * NR + jj];
-        if (beta != (T)0) r += beta * c[jj * ldc + i];
-        c[jj * ldc + i] = r;
-      }
-    return;
-  }
-  if (rows == MR && cols == NR) {
+  if (!CT && rows == MR && cols == NR) {
     for (int i = 0; i < MR; i++)
       for (int v = 0; v < 2; v++) {
         V r = acc[i][v] * alpha;
@@ -270,9 +258,10 @@ PV_INLINE void store_tile(const typename S::V (&acc)[S::MR][2], T alpha, T beta,
     for (int v = 0; v < 2; v++) vstore(tmp + i * NR + v * L, acc[i][v]);
   for (int i = 0; i < rows; i++)
     for (int jj = 0; jj < cols; jj++) {
+      T *dst = CT ? c + jj * ldc + i : c + i * ldc + jj;
       T r = alpha * tmp[i * NR + jj];
-      if (beta != (T)0) r += beta * c[i * ldc + jj];
-      c[i * ldc + jj] = r;
+      if (beta != (T)0) r += beta * *dst;
+      *dst = r;
     }
 }
 
