@@ -63,6 +63,7 @@ enum ScratchSlot {
   kScratchSplitK,
   kScratchPartial,
   kScratchFlipped,
+  kScratchTile,
   kScratchSlots
 };
 void *scratch_bytes(ScratchSlot slot, int64_t bytes);

@@ -100,30 +100,15 @@ void transpose_rows(const T *src, int64_t lds, int64_t cols, T *dst, int64_t ldd
     for (int64_t c = c0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
 
-typedef float Float8 __attribute__((vector_size(32)));
-typedef int32_t Int8 __attribute__((vector_size(32)));
-
 // The 8 x 8 block at s (row stride lds) into d (row stride ldd),
-// transposed: pairs of rows interleaved, then pairs of pairs, then the
-// 128-bit halves swapped.
+// transposed in registers (transpose8).
 PV_TARGET_AVX2 PV_INLINE void transpose8_avx2(const float *s, int64_t lds, float *d,
                                               int64_t ldd) {
-  Float8 r[8], t[8], u[8];
-  for (int i = 0; i < 8; i++) r[i] = vload<Float8>(s + i * lds);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = __builtin_shuffle(r[i], r[i + 1], Int8{0, 8, 1, 9, 4, 12, 5, 13});
-    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], Int8{2, 10, 3, 11, 6, 14, 7, 15});
-  }
-  for (int h = 0; h < 8; h += 4)
-    for (int p = 0; p < 2; p++) {
-      u[h + 2 * p] = __builtin_shuffle(t[h + p], t[h + p + 2], Int8{0, 1, 8, 9, 4, 5, 12, 13});
-      u[h + 2 * p + 1] =
-          __builtin_shuffle(t[h + p], t[h + p + 2], Int8{2, 3, 10, 11, 6, 7, 14, 15});
-    }
-  for (int i = 0; i < 4; i++) {
-    vstore(d + i * ldd, __builtin_shuffle(u[i], u[i + 4], Int8{0, 1, 2, 3, 8, 9, 10, 11}));
-    vstore(d + (i + 4) * ldd, __builtin_shuffle(u[i], u[i + 4], Int8{4, 5, 6, 7, 12, 13, 14, 15}));
-  }
+  typedef Vec<float>::type V;
+  V r[8];
+  for (int i = 0; i < 8; i++) r[i] = vload<V>(s + i * lds);
+  transpose8(r);
+  for (int i = 0; i < 8; i++) vstore(d + i * ldd, r[i]);
 }
 
 PV_TARGET_AVX2 void transpose_band_avx2(const float *src, int64_t lds, int64_t cols,

@@ -75,6 +75,29 @@ PV_INLINE void vstore(T *p, V v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
 
+// Transposes the 8 x 8 floats r (row i in r[i]) in registers: pairs of
+// rows interleaved, then pairs of pairs, then the 128-bit halves swapped
+// (24 shuffles, where element by element through memory is 64 loads and
+// 64 stores).
+PV_INLINE void transpose8(Vec<float>::type (&r)[8]) {
+  typedef Vec<float>::type V;
+  typedef Vec<float>::itype I;
+  V t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], I{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], I{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int h = 0; h < 8; h += 4)
+    for (int p = 0; p < 2; p++) {
+      u[h + 2 * p] = __builtin_shuffle(t[h + p], t[h + p + 2], I{0, 1, 8, 9, 4, 5, 12, 13});
+      u[h + 2 * p + 1] = __builtin_shuffle(t[h + p], t[h + p + 2], I{2, 3, 10, 11, 6, 7, 14, 15});
+    }
+  for (int i = 0; i < 4; i++) {
+    r[i] = __builtin_shuffle(u[i], u[i + 4], I{0, 1, 2, 3, 8, 9, 10, 11});
+    r[i + 4] = __builtin_shuffle(u[i], u[i + 4], I{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
 // exp(x) for 8 floats. Range reduction x = n ln2 + r with |r| <= ln2 / 2,
 // then a degree-7 Taylor polynomial (relative error below 1e-8 before
 // rounding, so about 2 ulp in all) and 2^n built in the exponent bits.

@@ -222,10 +222,15 @@ int main() {
     bad += check_rows<float>(37, 64, 250, 96, false, rng);
     bad += check_rows<float>(45, 20, 1000, 500, true, rng);
     if (threads == 2) bad += check_rows<double>(37, 40, 250, 96, true, rng);
-    // Stored transposed: A in place and packed, ragged edges, split-k.
+    // Stored transposed: A in place and packed, ragged edges, split-k;
+    // tiles summed over slices in the tile buffer with full and partial
+    // column groups and several column tasks (130 x 50, 250 x 300); at
+    // one thread, per-slice passes storing C^T every slice (130 x 40 x
+    // 2100, split-k at more).
     for (const Shape &s : {Shape{true, false, 37, 64, 500}, Shape{true, false, 130, 128, 300},
                            Shape{true, false, 61, 300, 100}, Shape{true, false, 9, 32, 4100},
-                           Shape{true, true, 45, 50, 70}}) {
+                           Shape{true, true, 45, 50, 70}, Shape{true, false, 130, 50, 600},
+                           Shape{true, false, 250, 300, 700}, Shape{true, false, 130, 40, 2100}}) {
       bad += check_ct<float>(s, 1.0f, 0.0f, rng);
       bad += check_ct<float>(s, 0.5f, 1.0f, rng);
       if (threads == 2) bad += check_ct<double>(s, 1.5, 0.5, rng);
