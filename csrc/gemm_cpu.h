@@ -18,9 +18,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
           int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc);
 
 // gemm with C stored transposed: C^T [n][ldct] = alpha op(A) op(B) + beta
-// C^T, each micro-tile written transposed as it is stored, so that a
-// weight gradient summed as R S C x K lands in the weights' K x R S C
-// layout without a transpose pass. trans_a only (throws otherwise).
+// C^T, each micro-tile summed over the depth slices row-major in a
+// per-worker buffer and written transposed once, so that a weight
+// gradient summed as R S C x K lands in the weights' K x R S C layout
+// without a transpose pass. trans_a only (throws otherwise).
 template <typename T>
 void gemm_ct(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T *a,
              int64_t lda, const T *b, int64_t ldb, T beta, T *ct, int64_t ldct);
