@@ -114,6 +114,7 @@ struct Job {
   int64_t ncp;        // nc rounded up to NR: packed row length of B
   const T *bpack;     // slice pc at bpack + (pc - pc0) * ncp: [slivers][kc][NR]
   T *apack;           // [workers][kMC * kKC]
+  T *tile;            // gemm_ct: [workers][kMC * col_chunk], see block_task
   int64_t col_tasks;  // column chunks per A block
   int64_t col_chunk;  // columns per chunk, a multiple of NR
   const GemmRows<T> *rows;  // gathered rows of A (gemm_rows), else null
@@ -461,7 +462,7 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   // slice.
   const bool buffered = j.ct && j.pc0 == 0 && j.pc1 == j.k && slice_at(j, 0) < j.k;
   const int64_t ldt = ceil_div(c1 - c0, (int64_t)NR) * NR;
-  T *tile = buffered ? scratch<T>(kScratchTile, kMC * ldt) : nullptr;
+  T *tile = buffered ? j.tile + worker * kMC * j.col_chunk : nullptr;
   for (int64_t pc = j.pc0, kc; pc < j.pc1; pc += kc) {
     kc = slice_at(j, pc);
     const bool last = pc + kc >= j.pc1;
@@ -690,7 +691,7 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
   T *bpack = scratch<T>(kScratchPackB, std::min(k, depth) * nc_blk);
   T *apack = scratch<T>(kScratchPackA, workers * kMC * kKC);
   Job<T> j{ta, tb, m, n, k, alpha, a, b, lda, ldb, beta, c, ldc,
-           0, 0, kcs, 0, 0, 0, bpack, apack, 1, 0, rows, rows ? rows->segment : 0, ct};
+           0, 0, kcs, 0, 0, 0, bpack, apack, nullptr, 1, 0, rows, rows ? rows->segment : 0, ct};
   std::vector<int64_t> starts;  // the pass's slices
   const int64_t mblocks = ceil_div(m, kMC);
   for (j.jc = 0; j.jc < n; j.jc += nc_blk) {
@@ -706,6 +707,9 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
         std::max<int64_t>(1, std::min(ceil_div(slivers, least), ceil_div(8 * workers, mblocks)));
     j.col_chunk = ceil_div(slivers, want) * NR;
     j.col_tasks = ceil_div(j.nc, j.col_chunk);
+    // The tile buffers taken here, on the calling thread, where a failed
+    // allocation reaches the caller rather than a pool thread.
+    if (ct) j.tile = scratch<T>(kScratchTile, workers * kMC * j.col_chunk);
     for (j.pc0 = 0; j.pc0 < k; j.pc0 += depth) {
       j.pc1 = std::min(k, j.pc0 + depth);
       starts.clear();
