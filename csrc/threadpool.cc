@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -83,6 +84,11 @@ class Pool {
     announce((generation_ << kHelperBits) | (uint64_t)helpers);
     drain(0);
     await_helpers();
+    if (error_) {  // every worker is done with fn; its first exception goes to the caller
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
   }
 
  private:
@@ -149,7 +155,19 @@ class Pool {
     for (;;) {
       int64_t t = next_.fetch_add(1);
       if (t >= tasks_) break;
-      (*fn_)(t, worker);
+      // A task that throws (scratch memory that cannot be had) ends the
+      // call: no further tasks start, and run() rethrows the first
+      // exception once every worker has left fn, rather than one ending
+      // a helper thread, and the process with it.
+      try {
+        (*fn_)(t, worker);
+      } catch (...) {
+        {
+          std::lock_guard<std::mutex> lock(err_mu_);
+          if (!error_) error_ = std::current_exception();
+        }
+        next_.store(tasks_);
+      }
     }
     t_in_pool = false;
   }
@@ -165,6 +183,8 @@ class Pool {
   std::atomic<int64_t> next_{0};
   std::atomic<int> pending_{0}, sleepers_{0};
   std::atomic<bool> caller_asleep_{false};
+  std::mutex err_mu_;
+  std::exception_ptr error_;  // the call's first exception, under err_mu_
   // Whether waits spin: the helpers and the caller fit the hardware threads.
   const int hw_threads_ = (int)std::max(1u, std::thread::hardware_concurrency());
   std::atomic<bool> spin_{false};

@@ -14,8 +14,10 @@ void set_cpu_threads(int n);
 
 // Runs fn(task, worker) for task in [0, tasks) on up to cpu_threads()
 // workers, worker in [0, workers used). Returns when all tasks are done.
-// fn must not throw. Calls from several host threads are serialised; a
-// call from inside fn runs its tasks inline on that worker (worker 0).
+// If fn throws, tasks not yet started are skipped and parallel_for
+// rethrows the first exception once no worker is inside fn. Calls from
+// several host threads are serialised; a call from inside fn runs its
+// tasks inline on that worker (worker 0).
 void parallel_for(int64_t tasks, const std::function<void(int64_t task, int worker)> &fn);
 
 // Whether the calling thread is running a parallel_for task, where a

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -55,6 +56,36 @@ long stress(int threads, int hosts, int calls) {
   return bad.load();
 }
 
+// A task that throws, on a helper (worker > 0) or on the caller (worker
+// 0): the exception reaches the caller of parallel_for, after which the
+// pool runs calls as before. Tasks sleep so that helpers take some.
+// Returns the number of violations; *thrown counts the calls where a task
+// threw.
+long throwing(int threads, bool on_helper, int *thrown) {
+  pv::set_cpu_threads(threads);
+  long bad = 0;
+  for (int call = 0; call < 40; call++) {
+    const int64_t tasks = 4 + call % 9;
+    std::atomic<bool> threw{false};
+    bool caught = false;
+    try {
+      pv::parallel_for(tasks, [&](int64_t, int worker) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        if ((worker > 0) == on_helper && !threw.exchange(true))
+          throw std::runtime_error("task failed");
+      });
+    } catch (const std::runtime_error &) {
+      caught = true;
+    }
+    if (caught != threw.load()) bad++;
+    *thrown += caught;
+    std::atomic<int> runs{0};
+    pv::parallel_for(tasks, [&](int64_t, int) { runs++; });
+    if (runs != tasks) bad++;
+  }
+  return bad;
+}
+
 }  // namespace
 
 int main() {
@@ -68,6 +99,15 @@ int main() {
                 bad ? "FAIL" : "ok", threads, bad, s);
     failed += bad != 0;
   }
-  std::printf("%d passed, %d failed\n", 2 - failed, failed);
+  for (int threads : {2, 2 * hw + 1})
+    for (bool on_helper : {true, false}) {
+      int thrown = 0;
+      long bad = throwing(threads, on_helper, &thrown);
+      if (thrown < 10) bad++;  // most calls must have thrown for the check to mean anything
+      std::printf("%s: %d threads, a task throwing on %s: %d of 40 calls threw, %ld violations\n",
+                  bad ? "FAIL" : "ok", threads, on_helper ? "a helper" : "the caller", thrown, bad);
+      failed += bad != 0;
+    }
+  std::printf("%d passed, %d failed\n", 6 - failed, failed);
   return failed ? 1 : 0;
 }
