@@ -114,7 +114,7 @@ struct Job {
   int64_t ncp;        // nc rounded up to NR: packed row length of B
   const T *bpack;     // slice pc at bpack + (pc - pc0) * ncp: [slivers][kc][NR]
   T *apack;           // [workers][kMC * kKC]
-  T *tile;            // gemm_ct: [workers][kMC * col_chunk], see block_task
+  T *tile;            // buffered gemm_ct: [workers][kMC * col_chunk], else null; see block_task
   int64_t col_tasks;  // column chunks per A block
   int64_t col_chunk;  // columns per chunk, a multiple of NR
   const GemmRows<T> *rows;  // gathered rows of A (gemm_rows), else null
@@ -456,13 +456,12 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
   // with more B slivers the packed copy pays for itself (4608 x 512: 23-30%
   // slower in place).
   const int64_t full = j.ta && c1 - c0 <= S::kTransInPlace * NR ? mc / MR * MR : 0;
-  // gemm_ct over a pass of all k in several slices: each tile's partial
-  // sums go row-major into the worker's tile buffer, and only the last
-  // slice adds them up and stores C^T, transposed once rather than per
-  // slice.
-  const bool buffered = j.ct && j.pc0 == 0 && j.pc1 == j.k && slice_at(j, 0) < j.k;
+  // gemm_ct over a pass of all k in several slices (j.tile set): each
+  // tile's partial sums go row-major into the worker's tile buffer, and
+  // only the last slice adds them up and stores C^T, transposed once
+  // rather than per slice.
+  T *tile = j.tile ? j.tile + worker * kMC * j.col_chunk : nullptr;
   const int64_t ldt = ceil_div(c1 - c0, (int64_t)NR) * NR;
-  T *tile = buffered ? j.tile + worker * kMC * j.col_chunk : nullptr;
   for (int64_t pc = j.pc0, kc; pc < j.pc1; pc += kc) {
     kc = slice_at(j, pc);
     const bool last = pc + kc >= j.pc1;
@@ -478,7 +477,7 @@ PV_INLINE void block_task(const Job<T> &j, int64_t task, int worker) {
         if (!j.ct) {
           ta_tile<T, S, false>(j, pc, kc, i0, ir, full, ap, bp, rows, cols,
                                j.c + (i0 + ir) * j.ldc + j.jc + jr, j.ldc, beta);
-        } else if (!buffered) {
+        } else if (!tile) {
           ta_tile<T, S, true>(j, pc, kc, i0, ir, full, ap, bp, rows, cols, ct, j.ldc, beta);
         } else {
           T *tp = tile + ir * ldt + (jr - c0);
@@ -707,9 +706,11 @@ void gemm_impl(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const
         std::max<int64_t>(1, std::min(ceil_div(slivers, least), ceil_div(8 * workers, mblocks)));
     j.col_chunk = ceil_div(slivers, want) * NR;
     j.col_tasks = ceil_div(j.nc, j.col_chunk);
-    // The tile buffers taken here, on the calling thread, where a failed
+    // The tile buffers (see block_task) for a single pass over all of k in
+    // several slices, taken here on the calling thread, where a failed
     // allocation reaches the caller rather than a pool thread.
-    if (ct) j.tile = scratch<T>(kScratchTile, workers * kMC * j.col_chunk);
+    if (ct && depth >= k && kcs < k)
+      j.tile = scratch<T>(kScratchTile, workers * kMC * j.col_chunk);
     for (j.pc0 = 0; j.pc0 < k; j.pc0 += depth) {
       j.pc1 = std::min(k, j.pc0 + depth);
       starts.clear();
